@@ -1,0 +1,371 @@
+"""Hard-case selection: which frames are worth a cloud label.
+
+A frame qualifies when the node's own models are unsure of it:
+
+- ``uncertain_score``: a detection's score falls in the uncertainty band;
+- ``pose_ssd_disagree``: the pose estimator and the detector disagree: a confident pose
+  with no matching box, or a confident box with no pose; which detector labels take
+  part, and how a box matches a pose (IoU for person boxes, "inside" for face boxes), is
+  set per label by ``DisagreementCheck`` (the shipped SSD is BlazeFace: faces only);
+- ``small_margin``: two overlapping boxes of different labels score almost the same.
+
+A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
+case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
+rate limit (a token bucket on frame time) is spent, so a static scene cannot flood the
+uplink. Accepted hard cases are flagged in the frame store and published as
+``HardCaseEvent`` on a ``HardCaseFeed`` for the uploader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+
+from clients.results import Detection, Person
+
+__all__ = [
+    "DisagreementCheck",
+    "HardCaseDecision",
+    "HardCaseEvent",
+    "HardCaseFeed",
+    "HardCasePolicy",
+    "HardCaseSelector",
+    "Reason",
+    "Suppression",
+    "TokenBucket",
+    "dhash",
+    "find_hard_reasons",
+]
+
+Box = tuple[float, float, float, float]
+
+
+class Reason(StrEnum):
+    """Why a frame qualifies as a hard case."""
+
+    UNCERTAIN_SCORE = "uncertain_score"
+    POSE_SSD_DISAGREE = "pose_ssd_disagree"
+    SMALL_MARGIN = "small_margin"
+
+
+class Suppression(StrEnum):
+    """Why a qualifying frame was held back."""
+
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True)
+class DisagreementCheck:
+    """How boxes of one detector ``label`` must agree with poses.
+
+    ``match`` is ``"iou"`` (box and pose box overlap by IoU) or ``"inside"`` (the box lies
+    inside the pose box, for faces). ``pose_implies_box``: a confident pose with no such
+    box is a disagreement (true for whole-person boxes, false for faces, which a person
+    seen from behind does not show). A confident box with no pose always disagrees.
+    """
+
+    label: str
+    match: Literal["iou", "inside"] = "iou"
+    pose_implies_box: bool = True
+
+
+@dataclass(frozen=True)
+class HardCasePolicy:
+    """Thresholds of hard-case selection; every value is a knob."""
+
+    uncertain_low: float = 0.3
+    uncertain_high: float = 0.6
+    pose_confident: float = 0.7
+    pose_min: float = 0.3
+    box_confident: float = 0.6
+    match_threshold: float = 0.3
+    disagreement: tuple[DisagreementCheck, ...] = (
+        DisagreementCheck("person", "iou", pose_implies_box=True),
+        DisagreementCheck("face", "inside", pose_implies_box=False),
+    )
+    min_margin: float = 0.1
+    margin_iou: float = 0.5
+    max_per_minute: float = 6.0
+    burst: int = 3
+    dedup_hash_size: int = 8
+    dedup_max_distance: int = 6
+    dedup_window_s: float = 300.0
+    dedup_recent: int = 32
+
+
+@dataclass(frozen=True)
+class HardCaseDecision:
+    """The selector's verdict on one frame."""
+
+    reasons: tuple[str, ...] = ()
+    suppressed: str | None = None
+
+    @property
+    def hard(self) -> bool:
+        """Whether the frame is a hard case to upload."""
+        return bool(self.reasons) and self.suppressed is None
+
+    def record_reasons(self) -> list[str]:
+        """Reasons as written to ``FrameResult.hard_reasons`` (``suppressed:...`` last)."""
+        tail = [f"suppressed:{self.suppressed}"] if self.suppressed and self.reasons else []
+        return [*self.reasons, *tail]
+
+
+@dataclass(frozen=True)
+class HardCaseEvent:
+    """A hard case for the uploader; ``frame_id`` is its id in the frame store."""
+
+    frame_id: int | None
+    frame_index: int
+    time: float
+    source: str
+    reasons: tuple[str, ...]
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _inside(inner: Box, outer: Box) -> float:
+    area = _area(inner)
+    return _intersection(inner, outer) / area if area > 0 else 0.0
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _intersection(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def _matches(check: DisagreementCheck, box: Box, pose_box: Box, threshold: float) -> bool:
+    score = _inside(box, pose_box) if check.match == "inside" else _iou(box, pose_box)
+    return score >= threshold
+
+
+def find_hard_reasons(
+    persons: Sequence[Person],
+    detections: Sequence[Detection],
+    policy: HardCasePolicy,
+    detector_labels: Collection[str] | None = None,
+) -> tuple[str, ...]:
+    """Return why a frame is hard (empty when it is not), before any suppression.
+
+    ``detector_labels`` are the labels the detector can emit; disagreement checks for
+    other labels are skipped (``None``: only labels present in ``detections``).
+    """
+    reasons: list[str] = []
+    if any(policy.uncertain_low <= d.score < policy.uncertain_high for d in detections):
+        reasons.append(Reason.UNCERTAIN_SCORE)
+    if _pose_and_boxes_disagree(persons, detections, policy, detector_labels):
+        reasons.append(Reason.POSE_SSD_DISAGREE)
+    if _small_margin(detections, policy):
+        reasons.append(Reason.SMALL_MARGIN)
+    return tuple(reasons)
+
+
+def _pose_and_boxes_disagree(
+    persons: Sequence[Person],
+    detections: Sequence[Detection],
+    policy: HardCasePolicy,
+    detector_labels: Collection[str] | None,
+) -> bool:
+    labels = set(detector_labels) if detector_labels is not None else {d.label for d in detections}
+    poses = [p.box for p in persons if p.score >= policy.pose_min]
+    confident_poses = [p.box for p in persons if p.score >= policy.pose_confident]
+    for check in policy.disagreement:
+        if check.label not in labels:
+            continue
+        boxes = [d for d in detections if d.label == check.label]
+        for det in boxes:
+            if det.score >= policy.box_confident and not any(
+                _matches(check, det.box, pose, policy.match_threshold) for pose in poses
+            ):
+                return True
+        if check.pose_implies_box:
+            for pose in confident_poses:
+                if not any(
+                    _matches(check, d.box, pose, policy.match_threshold)
+                    for d in boxes
+                    if d.score >= policy.uncertain_low
+                ):
+                    return True
+    return False
+
+
+def _small_margin(detections: Sequence[Detection], policy: HardCasePolicy) -> bool:
+    for i, a in enumerate(detections):
+        for b in detections[i + 1 :]:
+            if (
+                a.label != b.label
+                and abs(a.score - b.score) < policy.min_margin
+                and _iou(a.box, b.box) >= policy.margin_iou
+            ):
+                return True
+    return False
+
+
+def dhash(image: np.ndarray, hash_size: int = 8) -> int:
+    """Return the difference hash of ``image`` (``hash_size**2`` bits) as an int."""
+    import cv2
+
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(gray, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+class TokenBucket:
+    """A rate limit on frame time: ``rate_per_s`` tokens a second, at most ``capacity``."""
+
+    def __init__(self, rate_per_s: float, capacity: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.capacity = capacity
+        self._tokens = capacity
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend one token at time ``now`` if one is available."""
+        if self._last is not None and now > self._last:
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate_per_s)
+        if self._last is None or now > self._last:
+            self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class SelectorStats:
+    """How many frames each verdict reached."""
+
+    frames: int = 0
+    hard: int = 0
+    duplicates: int = 0
+    rate_limited: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class HardCaseSelector:
+    """Decide, frame by frame, which frames are hard cases (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: HardCasePolicy | None = None,
+        detector_labels: Collection[str] | None = None,
+    ) -> None:
+        self.policy = policy or HardCasePolicy()
+        self.detector_labels = detector_labels
+        self.stats = SelectorStats()
+        self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
+        self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
+
+    def decide(
+        self,
+        image: np.ndarray,
+        persons: Sequence[Person],
+        detections: Sequence[Detection],
+        frame_time: float,
+    ) -> HardCaseDecision:
+        """Return the verdict for one frame; accepted hard cases spend the rate limit."""
+        self.stats.frames += 1
+        reasons = find_hard_reasons(persons, detections, self.policy, self.detector_labels)
+        if not reasons:
+            return HardCaseDecision()
+        for reason in reasons:
+            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        fingerprint = dhash(image, self.policy.dedup_hash_size)
+        if self._is_duplicate(fingerprint, frame_time):
+            self.stats.duplicates += 1
+            return HardCaseDecision(reasons, Suppression.DUPLICATE)
+        if not self._bucket.take(frame_time):
+            self.stats.rate_limited += 1
+            return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
+        self._recent.append((frame_time, fingerprint))
+        self.stats.hard += 1
+        return HardCaseDecision(reasons)
+
+    def _is_duplicate(self, fingerprint: int, frame_time: float) -> bool:
+        horizon = frame_time - self.policy.dedup_window_s
+        return any(
+            seen >= horizon and (fingerprint ^ other).bit_count() <= self.policy.dedup_max_distance
+            for seen, other in self._recent
+        )
+
+
+class HardCaseFeed:
+    """A bounded stream of ``HardCaseEvent`` for the uploader.
+
+    ``publish`` never blocks: when the consumer lags, the oldest event is dropped (the
+    frame stays flagged ``pending`` in the store, where the uploader can catch up).
+    Iterating blocks for the next event and ends after ``close()``. Callbacks added
+    with ``subscribe`` run in the publishing thread and must be quick.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self._events: deque[HardCaseEvent] = deque()
+        self._maxsize = maxsize
+        self._ready = threading.Condition()
+        self._closed = False
+        self._callbacks: list[Callable[[HardCaseEvent], None]] = []
+        self.dropped = 0
+        self.published = 0
+
+    def subscribe(self, callback: Callable[[HardCaseEvent], None]) -> None:
+        """Call ``callback(event)`` for every event published from now on."""
+        self._callbacks.append(callback)
+
+    def publish(self, event: HardCaseEvent) -> None:
+        """Queue ``event`` (dropping the oldest if full) and run the callbacks."""
+        with self._ready:
+            if len(self._events) >= self._maxsize:
+                self._events.popleft()
+                self.dropped += 1
+            self._events.append(event)
+            self.published += 1
+            self._ready.notify_all()
+        for callback in self._callbacks:
+            callback(event)
+
+    def get(self, timeout: float | None = None) -> HardCaseEvent | None:
+        """Return the next event; ``None`` after ``close()`` or when ``timeout`` passes."""
+        with self._ready:
+            if not self._events and not self._closed:
+                self._ready.wait(timeout)
+            return self._events.popleft() if self._events else None
+
+    def drain(self) -> list[HardCaseEvent]:
+        """Return every queued event without waiting."""
+        with self._ready:
+            events = list(self._events)
+            self._events.clear()
+            return events
+
+    def close(self) -> None:
+        """End iteration once the queued events are consumed."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def __iter__(self) -> Iterator[HardCaseEvent]:
+        while True:
+            with self._ready:
+                while not self._events and not self._closed:
+                    self._ready.wait()
+                if not self._events:
+                    return
+                event = self._events.popleft()
+            yield event

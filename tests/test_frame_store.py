@@ -1,0 +1,257 @@
+"""Frame store: budget eviction, labels, crash safety (SIGKILL) and a full disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from clients.results import Detection, FrameResult
+from data.frame_store import FrameStore, LabelStatus
+from fedge.errors import StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """Twenty 320x240 frames of the sample clip."""
+    cap = cv2.VideoCapture(str(CLIP))
+    images = [cv2.resize(cap.read()[1], (320, 240)) for _ in range(20)]
+    cap.release()
+    return images
+
+
+def _result(index: int, hard: bool = False, reasons: list[str] | None = None) -> FrameResult:
+    return FrameResult(
+        frame=index,
+        time=1_700_000_000.0 + index,
+        source="test",
+        detections=[Detection((10.0, 20.0, 50.0, 80.0), "face", 0.42)],
+        hard=hard,
+        hard_reasons=reasons if reasons is not None else (["uncertain_score"] if hard else []),
+    )
+
+
+def test_add_and_read_back_round_trips_frame_and_record(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    with FrameStore(tmp_path / "store", 10**8) as store:
+        frame_id = store.add(frames[0], _result(0, hard=True))
+        stored = store.get(frame_id)
+
+    assert stored.detections == [{"box": [10.0, 20.0, 50.0, 80.0], "label": "face", "score": 0.42}]
+    assert stored.hard and stored.hard_reasons == ["uncertain_score"]
+    assert stored.label_status is LabelStatus.PENDING
+    assert stored.load_image().shape == (240, 320, 3)
+    assert (stored.width, stored.height) == (320, 240)
+
+
+def test_eviction_keeps_store_within_budget_oldest_first(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    budget = 400_000
+    with FrameStore(tmp_path / "store", budget, fsync=False) as store:
+        ids = []
+        for i in range(60):
+            ids.append(store.add(frames[i % len(frames)], _result(i)))
+            assert store.usage_bytes() <= budget
+        kept = [f.id for f in store.iter_frames()]
+        on_disk = sorted((tmp_path / "store" / "frames").rglob("*.jpg"))
+
+    assert 0 < len(kept) < 60
+    assert kept == ids[-len(kept) :]  # the newest survive
+    assert len(on_disk) == len(kept)
+
+
+def test_eviction_spares_hard_and_labelled_frames_while_it_can(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    with FrameStore(tmp_path / "store", 600_000, fsync=False) as store:
+        hard_id = store.add(frames[0], _result(0, hard=True))
+        labelled_id = store.add(frames[1], _result(1))
+        store.set_label(labelled_id, {"boxes": []}, "cloud")
+        for i in range(2, 40):
+            store.add(frames[i % len(frames)], _result(i))
+        kept = {f.id for f in store.iter_frames()}
+
+    assert {hard_id, labelled_id} <= kept
+    assert 3 not in kept
+
+
+def test_frame_larger_than_budget_raises_store_error(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    with FrameStore(tmp_path / "store", 50_000) as store:
+        with pytest.raises(StoreError, match="does not fit the store budget"):
+            store.add(frames[0], _result(0))
+
+
+def test_labels_flow_from_pending_to_labelled(tmp_path: Path, frames: list[np.ndarray]) -> None:
+    with FrameStore(tmp_path / "store", 10**8, fsync=False) as store:
+        plain = store.add(frames[0], _result(0))
+        hard = store.add(frames[1], _result(1, hard=True))
+        held = store.add(frames[2], _result(2, reasons=["uncertain_score", "suppressed:duplicate"]))
+        assert [f.id for f in store.hard_cases()] == [hard]
+        store.set_label_status(hard, "sent")
+        assert store.hard_cases() == []
+        assert [f.id for f in store.hard_cases(LabelStatus.SENT)] == [hard]
+        store.set_label(hard, {"boxes": [[1, 2, 3, 4]], "labels": ["person"]}, "cloud-v1")
+
+    with FrameStore.open_reader(tmp_path / "store") as reader:
+        labelled = list(reader.iter_frames(labelled_only=True))
+        statuses = {f.id: f.label_status for f in reader.iter_frames()}
+        with pytest.raises(StoreError, match="read-only"):
+            reader.add(frames[0], _result(3))
+
+    assert [f.id for f in labelled] == [hard]
+    assert labelled[0].label == {"boxes": [[1, 2, 3, 4]], "labels": ["person"]}
+    assert labelled[0].label_source == "cloud-v1"
+    assert statuses[plain] is LabelStatus.UNLABELLED
+    assert statuses[held] is LabelStatus.SUPPRESSED
+
+
+def test_unknown_frame_id_raises_store_error(tmp_path: Path) -> None:
+    with FrameStore(tmp_path / "store", 10**8) as store:
+        with pytest.raises(StoreError, match="no frame 42"):
+            store.set_label(42, "x", "cloud")
+
+
+def test_second_writer_is_refused_while_first_holds_the_store(tmp_path: Path) -> None:
+    with FrameStore(tmp_path / "store", 10**8):
+        with pytest.raises(StoreError, match="in use by another edge agent"):
+            FrameStore(tmp_path / "store", 10**8)
+
+
+def test_opening_reconciles_leftovers_of_a_crash(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    root = tmp_path / "store"
+    with FrameStore(root, 10**8, fsync=False) as store:
+        keep = store.add(frames[0], _result(0))
+        gone = store.add(frames[1], _result(1))
+        store.get(gone).path.unlink()  # row without its file
+    (root / "tmp" / "half-written.jpg.tmp").write_bytes(b"\xff\xd8 partial")
+    (root / "frames" / "orphan.jpg").write_bytes(b"\xff\xd8 no row")
+
+    with FrameStore(root, 10**8) as store:
+        report = store.recovery
+        ids = [f.id for f in store.iter_frames()]
+
+    assert (report.temp_files_removed, report.rows_without_file, report.files_without_row) == (
+        1,
+        1,
+        1,
+    )
+    assert ids == [keep]
+    assert not (root / "frames" / "orphan.jpg").exists()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, cv2, numpy as np
+    from clients.results import FrameResult
+    from data.frame_store import FrameStore
+    cap = cv2.VideoCapture(sys.argv[2])
+    images = [cv2.resize(cap.read()[1], (320, 240)) for _ in range(8)]
+    store = FrameStore(sys.argv[1], 6_000_000)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        store.add(images[i % 8], FrameResult(frame=i, time=1.7e9 + i, source="kill-test",
+                                             hard=i % 5 == 0,
+                                             hard_reasons=["uncertain_score"] if i % 5 == 0 else []))
+        i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 0.77])
+def test_sigkill_mid_write_leaves_a_readable_store(tmp_path: Path, delay_s: float) -> None:
+    root = tmp_path / "store"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root), str(CLIP)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    time.sleep(delay_s)  # writing (and evicting) flat out
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    with FrameStore(root, 6_000_000) as store:
+        stored = list(store.iter_frames())
+        images = [f.load_image() for f in stored]
+        usage = store.usage_bytes()
+        hard = store.hard_cases(status=None)
+    on_disk = sorted((root / "frames").rglob("*.jpg"))
+
+    assert len(stored) > 5
+    assert all(image.shape == (240, 320, 3) for image in images)
+    assert len(on_disk) == len(stored)
+    assert list((root / "tmp").iterdir()) == []
+    assert usage <= 6_000_000
+    assert all(f.frame_index % 5 == 0 for f in hard)
+
+
+def test_disk_reserve_refuses_frame_and_keeps_what_is_stored(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    root = tmp_path / "store"
+    with FrameStore(root, 10**8, fsync=False) as store:
+        first = store.add(frames[0], _result(0))
+        store.min_free_bytes = 1 << 60  # the disk now looks full
+        with pytest.raises(StoreError, match="is full"):
+            store.add(frames[1], _result(1))
+        assert [f.id for f in store.iter_frames()] == [first]
+        assert store.get(first).load_image().shape == (240, 320, 3)
+
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys, cv2
+    from clients.results import FrameResult
+    from data.frame_store import FrameStore
+    from fedge.errors import StoreError
+    image = cv2.resize(cv2.VideoCapture(sys.argv[2]).read()[1], (320, 240))
+    store = FrameStore(sys.argv[1], 10**8)
+    for i in range(3):
+        store.add(image, FrameResult(frame=i, time=1.7e9 + i, source="full"))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    try:
+        store.add(image, FrameResult(frame=3, time=1.7e9 + 3, source="full"))
+    except StoreError as err:
+        print("StoreError:", err)
+    """
+)
+
+
+def test_write_failure_raises_store_error_and_loses_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(root), str(CLIP)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("StoreError: cannot write frame"), done.stdout
+
+    with FrameStore(root, 10**8) as store:
+        assert [f.frame_index for f in store.iter_frames()] == [0, 1, 2]
+        assert all(f.load_image().shape == (240, 320, 3) for f in store.iter_frames())
+        assert store.recovery.clean
