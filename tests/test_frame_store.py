@@ -132,9 +132,7 @@ def test_second_writer_is_refused_while_first_holds_the_store(tmp_path: Path) ->
             FrameStore(tmp_path / "store", 10**8)
 
 
-def test_opening_reconciles_leftovers_of_a_crash(
-    tmp_path: Path, frames: list[np.ndarray]
-) -> None:
+def test_opening_reconciles_leftovers_of_a_crash(tmp_path: Path, frames: list[np.ndarray]) -> None:
     root = tmp_path / "store"
     with FrameStore(root, 10**8, fsync=False) as store:
         keep = store.add(frames[0], _result(0))
@@ -167,9 +165,10 @@ _WRITER = textwrap.dedent(
     print("ready", flush=True)
     i = 0
     while True:
-        store.add(images[i % 8], FrameResult(frame=i, time=1.7e9 + i, source="kill-test",
-                                             hard=i % 5 == 0,
-                                             hard_reasons=["uncertain_score"] if i % 5 == 0 else []))
+        hard = i % 5 == 0
+        reasons = ["uncertain_score"] if hard else []
+        result = FrameResult(frame=i, time=1.7e9 + i, source="k", hard=hard, hard_reasons=reasons)
+        store.add(images[i % 8], result)
         i += 1
     """
 )
