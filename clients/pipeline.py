@@ -1,10 +1,15 @@
-"""The edge pipeline: capture → pose → SSD → hard cases + store, one thread per stage.
+"""The edge pipeline: capture → pose → SSD → hard cases + store, in threads.
 
-Each stage runs in its own thread and hands frames to the next through a small
+Each stage runs in its own thread(s) and hands frames to the next through a small
 bounded queue, so while SSD looks at frame *n*, pose is already on frame *n + 1* and
 the store is writing frame *n − 1*: throughput is set by the slowest stage, not by the
-sum of them. Only the capture queue drops frames (see ``clients.capture``); the queues
-between stages apply back-pressure. The caller just iterates::
+sum of them. A model stage may be given several model instances (``pose=[a, b]``):
+each runs in its own thread on every other frame, which is how a multi-core node
+keeps up when pose alone is the bottleneck (LiteRT releases the GIL while it runs).
+The store stage puts frames back in capture order. Only the capture queue drops
+frames (see ``clients.capture``); the queues between stages apply back-pressure.
+
+The caller just iterates::
 
     with Pipeline(capture, pose=pose, detector=detector, store=store) as pipeline:
         for output in pipeline:
@@ -13,13 +18,15 @@ between stages apply back-pressure. The caller just iterates::
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -40,6 +47,8 @@ __all__ = [
 STAGES: tuple[str, ...] = ("capture", "pose", "ssd", "store", "total")
 _END = object()
 _POLL_S = 0.1
+
+M = TypeVar("M")
 
 
 class PoseModel(Protocol):
@@ -77,20 +86,76 @@ class PipelineStats:
 
 @dataclass
 class _Work:
+    seq: int
     frame: Frame
     result: FrameResult
     store_id: int | None = None
 
 
-class _Stage(threading.Thread):
-    """One pipeline stage: take work, apply ``step``, pass it on."""
+class _Inbox:
+    """The queue a stage's workers take from, fed by ``producers`` upstream workers.
+
+    ``take`` returns ``_END`` once every producer has finished. An ``ordered`` inbox
+    (single consumer) hands work out in ``seq`` order whatever order it arrived in.
+    Its size needs no bound: the pipeline limits the frames in flight as a whole.
+    """
+
+    def __init__(self, producers: int, ordered: bool, stop: threading.Event) -> None:
+        self._queue: queue.Queue[object] = queue.Queue()  # bounded by the in-flight slots
+        self._producers = producers
+        self._ordered = ordered
+        self._stop = stop
+        self._ends = 0
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, _Work]] = []
+        self._next_seq = 0
+
+    def put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> object:
+        while True:
+            if self._ordered and self._pending and self._pending[0][0] == self._next_seq:
+                self._next_seq += 1
+                return heapq.heappop(self._pending)[1]
+            if self._finished():
+                if self._ordered and self._pending:  # a worker died: hand out what is left
+                    return heapq.heappop(self._pending)[1]
+                return _END
+            if self._stop.is_set():
+                return _END
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                with self._lock:
+                    self._ends += 1
+                continue
+            assert isinstance(item, _Work)
+            if not self._ordered:
+                return item
+            heapq.heappush(self._pending, (item.seq, item))
+
+    def _finished(self) -> bool:
+        with self._lock:
+            return self._ends >= self._producers and self._queue.empty()
+
+
+class _Worker(threading.Thread):
+    """One thread of a stage: take work, apply ``step``, pass it on."""
 
     def __init__(
         self,
         name: str,
         take: Callable[[], object],
         step: Callable[[_Work], None],
-        outbox: queue.Queue[object],
+        outbox: _Inbox,
         pipeline: Pipeline,
     ) -> None:
         super().__init__(name=f"fedge-{name}", daemon=True)
@@ -103,31 +168,30 @@ class _Stage(threading.Thread):
         try:
             while not self._pipeline.stopping:
                 work = self._take()
-                if work is _END:
+                if not isinstance(work, _Work):
                     break
-                if isinstance(work, _Work):
-                    self._step(work)
-                    self._put(work)
+                self._step(work)
+                self._outbox.put(work)
         except BaseException as err:  # handed to the consumer, raised there
             self._pipeline.fail(err)
         finally:
-            self._put(_END)
+            self._outbox.put(_END)
 
-    def _put(self, item: object) -> None:
-        while True:
-            try:
-                self._outbox.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                if self._pipeline.stopping:
-                    return
+
+def _replicas(models: M | Sequence[M] | None) -> list[M]:
+    if models is None:
+        return []
+    if isinstance(models, Sequence):
+        return list(models)
+    return [models]
 
 
 class Pipeline:
     """Run pose, SSD, hard-case selection and the store over a ``Capture``.
 
-    ``pose``, ``detector``, ``store`` and ``selector`` are each optional; a missing one is
-    a skipped stage. Accepted hard cases are published on ``feed``. Iterating yields a
+    ``pose`` and ``detector`` are a model, a sequence of model instances (one worker
+    thread each) or ``None`` (stage skipped); ``store`` and ``selector`` are optional
+    too. Accepted hard cases are published on ``feed``. Iterating yields a
     ``PipelineOutput`` per frame, in capture order; an exception in any stage stops
     the pipeline and is raised from the iteration.
     """
@@ -136,8 +200,8 @@ class Pipeline:
         self,
         capture: Capture,
         *,
-        pose: PoseModel | None = None,
-        detector: DetectorModel | None = None,
+        pose: PoseModel | Sequence[PoseModel] | None = None,
+        detector: DetectorModel | Sequence[DetectorModel] | None = None,
         store: FrameStore | None = None,
         selector: HardCaseSelector | None = None,
         feed: HardCaseFeed | None = None,
@@ -145,16 +209,19 @@ class Pipeline:
         window: int = 30,
     ) -> None:
         self.capture = capture
-        self.pose = pose
-        self.detector = detector
+        self.poses: list[PoseModel] = _replicas(pose)
+        self.detectors: list[DetectorModel] = _replicas(detector)
         self.store = store
         self.selector = selector
         self.feed = feed if feed is not None else HardCaseFeed()
         self._queue_size = queue_size
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._threads: list[_Stage] = []
-        self._outbox: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._threads: list[_Worker] = []
+        self._outbox = _Inbox(1, ordered=False, stop=self._stop)
+        self._slots = threading.Semaphore(1)
+        self._seq = itertools.count()
+        self._take_lock = threading.Lock()
         self._frames = 0
         self._stored = 0
         self._done_times: deque[float] = deque(maxlen=window)
@@ -165,29 +232,32 @@ class Pipeline:
     def start(self) -> Pipeline:
         """Open the capture and start every stage thread."""
         self.capture.start()
-        steps: list[tuple[str, Callable[[_Work], None]]] = []
-        if self.pose is not None:
-            steps.append(("pose", self._run_pose))
-        if self.detector is not None:
-            steps.append(("ssd", self._run_detector))
-        steps.append(("store", self._run_store))
+        stages: list[tuple[str, list[Callable[[_Work], None]]]] = []
+        if self.poses:
+            stages.append(("pose", [_pose_step(m) for m in self.poses]))
+        if self.detectors:
+            stages.append(("ssd", [_detector_step(m) for m in self.detectors]))
+        stages.append(("store", [self._store_step]))
+        workers = sum(len(steps) for _, steps in stages)
+        self._slots = threading.Semaphore(2 * workers + self._queue_size)
         take: Callable[[], object] = self._take_frame
-        for name, step in steps:
-            last = name == steps[-1][0]
-            outbox = self._outbox if last else queue.Queue(maxsize=self._queue_size)
-            stage = _Stage(name, take, step, outbox, self)
-            self._threads.append(stage)
-            take = _queue_taker(outbox, self)
-        for stage in self._threads:
-            stage.start()
+        for index, (name, steps) in enumerate(stages):
+            last = index == len(stages) - 1
+            feeds_store = index == len(stages) - 2
+            outbox = self._outbox if last else _Inbox(len(steps), feeds_store, self._stop)
+            for i, step in enumerate(steps):
+                self._threads.append(_Worker(f"{name}-{i}", take, step, outbox, self))
+            take = outbox.take
+        for worker in self._threads:
+            worker.start()
         return self
 
     def stop(self) -> None:
         """Stop every stage and the capture; safe to call twice."""
         self._stop.set()
         self.capture.stop()
-        for stage in self._threads:
-            stage.join(timeout=5.0)
+        for worker in self._threads:
+            worker.join(timeout=5.0)
         self.feed.close()
 
     @property
@@ -209,15 +279,9 @@ class Pipeline:
 
     def __iter__(self) -> Iterator[PipelineOutput]:
         while True:
-            try:
-                item = self._outbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self._stop.is_set() and not any(t.is_alive() for t in self._threads):
-                    break
-                continue
-            if item is _END:
+            item = self._outbox.take()
+            if not isinstance(item, _Work):
                 break
-            assert isinstance(item, _Work)
             self._record(item)
             yield PipelineOutput(item.result, item.frame.image, item.store_id)
         if self._error is not None:
@@ -243,30 +307,24 @@ class Pipeline:
 
     def _take_frame(self) -> object:
         while not self._stop.is_set():
-            try:
-                frame = self.capture.get(timeout=_POLL_S)
-            except queue.Empty:
+            if not self._slots.acquire(timeout=_POLL_S):  # too many frames in flight
                 continue
-            if frame is None:
-                return _END
+            with self._take_lock:  # frames and sequence numbers in the same order
+                try:
+                    frame = self.capture.get(timeout=_POLL_S)
+                except queue.Empty:
+                    self._slots.release()
+                    continue
+                if frame is None:
+                    self._slots.release()
+                    return _END
+                seq = next(self._seq)
             result = FrameResult(frame=frame.index, time=frame.time, source=frame.source)
             result.timings_ms["capture"] = frame.capture_ms
-            return _Work(frame, result)
+            return _Work(seq, frame, result)
         return _END
 
-    def _run_pose(self, work: _Work) -> None:
-        assert self.pose is not None
-        started = time.perf_counter()
-        work.result.persons = list(self.pose.estimate(work.frame.image))
-        work.result.timings_ms["pose"] = (time.perf_counter() - started) * 1000.0
-
-    def _run_detector(self, work: _Work) -> None:
-        assert self.detector is not None
-        started = time.perf_counter()
-        work.result.detections = list(self.detector.detect(work.frame.image))
-        work.result.timings_ms["ssd"] = (time.perf_counter() - started) * 1000.0
-
-    def _run_store(self, work: _Work) -> None:
+    def _store_step(self, work: _Work) -> None:
         started = time.perf_counter()
         result = work.result
         if self.selector is not None:
@@ -279,20 +337,16 @@ class Pipeline:
             work.store_id = self.store.add(work.frame.image, result)
             self._stored += 1
         if result.hard:
+            reasons = tuple(r for r in result.hard_reasons if not r.startswith("suppressed:"))
             self.feed.publish(
-                HardCaseEvent(
-                    work.store_id,
-                    result.frame,
-                    result.time,
-                    result.source,
-                    tuple(r for r in result.hard_reasons if not r.startswith("suppressed:")),
-                )
+                HardCaseEvent(work.store_id, result.frame, result.time, result.source, reasons)
             )
         done = time.perf_counter()
         result.timings_ms["store"] = (done - started) * 1000.0
         result.timings_ms["total"] = (done - work.frame.started) * 1000.0
 
     def _record(self, work: _Work) -> None:
+        self._slots.release()
         self._frames += 1
         self._done_times.append(time.perf_counter())
         for stage, value in work.result.timings_ms.items():
@@ -300,13 +354,19 @@ class Pipeline:
                 self._timings[stage].append(value)
 
 
-def _queue_taker(inbox: queue.Queue[object], pipeline: Pipeline) -> Callable[[], object]:
-    def take() -> object:
-        while not pipeline.stopping:
-            try:
-                return inbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-        return _END
+def _pose_step(model: PoseModel) -> Callable[[_Work], None]:
+    def step(work: _Work) -> None:
+        started = time.perf_counter()
+        work.result.persons = list(model.estimate(work.frame.image))
+        work.result.timings_ms["pose"] = (time.perf_counter() - started) * 1000.0
 
-    return take
+    return step
+
+
+def _detector_step(model: DetectorModel) -> Callable[[_Work], None]:
+    def step(work: _Work) -> None:
+        started = time.perf_counter()
+        work.result.detections = list(model.detect(work.frame.image))
+        work.result.timings_ms["ssd"] = (time.perf_counter() - started) * 1000.0
+
+    return step

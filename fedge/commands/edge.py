@@ -8,14 +8,22 @@ latencies on the console. Ctrl-C (or SIGTERM) stops cleanly.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from fedge.errors import CaptureError, ConfigError
 
-__all__ = ["DEFAULT_SOURCE", "DEFAULT_STORE_DIR", "register"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "DEFAULT_STORE_DIR",
+    "default_pose_workers",
+    "register",
+    "usable_cores",
+]
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "data" / "samples" / "vtest_clip.mp4"
 DEFAULT_STORE_DIR = Path("outputs") / "edge-store"
@@ -78,9 +86,27 @@ def register(subparsers: Any) -> None:
         help="at most N hard cases a minute (default: 6)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model"
+        "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
-    parser.add_argument("--model-dir", metavar="DIR", help="pretrained model cache")
+    parser.add_argument(
+        "--pose-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pose estimators run side by side on alternate frames "
+        "(default 0: one per two CPU cores, at most 3)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="pretrained model cache (default: $FEDGE_MODEL_DIR or ~/.cache/fedge/models)",
+    )
+    parser.add_argument(
+        "--pose-backend",
+        default="litert",
+        choices=("litert", "tasks"),
+        help="BlazePose on LiteRT (default) or on MediaPipe Tasks",
+    )
     parser.add_argument("--no-pose", action="store_true", help="skip pose estimation")
     parser.add_argument("--no-ssd", action="store_true", help="skip the SSD detector")
     parser.add_argument("--quiet", action="store_true", help="no live console, summary only")
@@ -103,18 +129,53 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _load_models(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Return (pose estimator or None, detector or None) as the flags ask."""
-    pose = detector = None
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects ``taskset`` and cgroup pinning)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_pose_workers() -> int:
+    """One pose worker per two usable CPU cores, between 1 and 3."""
+    return max(1, min(3, usable_cores() // 2))
+
+
+def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
+    """Return (pose estimator or None, SSD detector or None) as the flags ask.
+
+    The detector keeps boxes down to ``min_score`` (the bottom of the hard-case
+    uncertainty band), so uncertain boxes reach hard-case selection.
+    """
+    pose: list[Any] | None = None
+    detector = None
     if not args.no_pose:
         from clients.pose import create_pose_estimator
 
-        pose = create_pose_estimator(model_dir=args.model_dir, num_threads=args.threads)
+        workers = args.pose_workers or default_pose_workers()
+        pose = [
+            create_pose_estimator(
+                args.pose_backend, args.model_dir, num_threads=args.threads, track=True
+            )
+            for _ in range(workers)
+        ]
     if not args.no_ssd:
-        from clients.detector import create_detector
+        from dataclasses import replace
 
-        detector = create_detector(model_dir=args.model_dir, num_threads=args.threads)
+        from clients.detector import BLAZEFACE_SHORT_RANGE, Detector
+        from models.pretrained import read_model
+
+        spec = replace(BLAZEFACE_SHORT_RANGE, score_threshold=min_score)
+        model = read_model("face_detection_short_range", args.model_dir)
+        detector = Detector(model, spec, num_threads=args.threads)
     return pose, detector
+
+
+def _detector_labels(detector: Any) -> tuple[str, ...] | None:
+    spec = getattr(detector, "spec", None)
+    labels = getattr(spec, "labels", None)
+    return tuple(labels) if labels else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -128,20 +189,20 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.max_frames < 0:
         raise ConfigError(f"--max-frames must be 0 or more, got {args.max_frames}")
+    if args.pose_workers < 0 or args.threads < 1:
+        raise ConfigError("--pose-workers must be 0 or more and --threads 1 or more")
     capture = Capture(
         args.source, CaptureConfig(size=_parse_size(args.size), realtime=args.realtime)
     )
     capture.start()  # fails here, before the models load, when the source cannot be opened
     store = None
     try:
-        pose, detector = _load_models(args)
+        policy = HardCasePolicy(max_per_minute=args.hard_per_minute)
+        pose, detector = _load_models(args, policy.uncertain_low)
         if not args.no_store:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
-        selector = HardCaseSelector(
-            HardCasePolicy(max_per_minute=args.hard_per_minute),
-            detector_labels=getattr(detector, "labels", None),
-        )
+        selector = HardCaseSelector(policy, detector_labels=_detector_labels(detector))
         window = WindowSink() if args.show else None
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
@@ -152,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         raise
     console = EdgeConsole(args.source, quiet=args.quiet)
     pipeline = Pipeline(capture, pose=pose, detector=detector, store=store, selector=selector)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     interrupted = False
     try:
         with console, pipeline:
@@ -179,7 +241,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         for sink in (jsonl, video, window, store):
             if sink is not None:
                 sink.close()

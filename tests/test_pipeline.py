@@ -1,0 +1,123 @@
+"""Pipeline: real BlazePose + BlazeFace on the sample clip, ordering, errors, events."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.capture import Capture, CaptureConfig
+from clients.hard_cases import HardCaseEvent, HardCaseFeed, HardCasePolicy, HardCaseSelector
+from clients.pipeline import STAGES, Pipeline
+from clients.results import Detection
+from data.frame_store import FrameStore, LabelStatus
+from fedge.errors import FedgeError, ModelError
+
+CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[list[object], object]:
+    """Two BlazePose estimators and one BlazeFace detector from the model cache."""
+    try:
+        from clients.detector import BLAZEFACE_SHORT_RANGE, Detector
+        from clients.pose import create_pose_estimator
+        from models.pretrained import read_model
+
+        poses = [create_pose_estimator("litert", num_threads=1, track=True) for _ in range(2)]
+        spec = replace(BLAZEFACE_SHORT_RANGE, score_threshold=0.3)
+        detector = Detector(read_model("face_detection_short_range"), spec, num_threads=1)
+    except (ImportError, FedgeError) as err:
+        pytest.skip(f"pretrained models unavailable ({err}); run `fedge models fetch`")
+    return poses, detector
+
+
+class _UncertainDetector:
+    """Finds one uncertain face per frame; fails on frame ``fail_at`` if set."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
+        self.calls += 1
+        if self.fail_at is not None and self.calls > self.fail_at:
+            raise ModelError("detector broke")
+        return [Detection((10.0, 10.0, 40.0, 40.0), "face", 0.45)]
+
+
+def test_real_models_fill_every_stage_in_capture_order(
+    tmp_path: Path, models: tuple[list[object], object]
+) -> None:
+    poses, detector = models
+    capture = Capture(CLIP, CaptureConfig(size=(640, 480)))
+    with FrameStore(tmp_path / "store", 10**8, fsync=False) as store:
+        pipeline = Pipeline(
+            capture,
+            pose=poses,
+            detector=detector,
+            store=store,
+            selector=HardCaseSelector(detector_labels=("face",)),
+        )
+        with pipeline:
+            outputs = [o for _, o in zip(range(24), pipeline, strict=False)]
+        stored = [f.frame_index for f in store.iter_frames()]
+
+    frames = [o.result.frame for o in outputs]
+    assert frames == list(range(24))
+    assert stored[:24] == frames
+    assert all(set(STAGES) <= set(o.result.timings_ms) for o in outputs)
+    assert sum(len(o.result.persons) for o in outputs) >= 6  # people walk through the clip
+    person = next(p for o in outputs for p in o.result.persons)
+    assert person.landmarks.shape == (33, 4)
+    assert all(o.image.shape == (480, 640, 3) for o in outputs)
+
+
+def test_hard_cases_are_flagged_in_store_and_published(tmp_path: Path) -> None:
+    feed = HardCaseFeed()
+    events: list[HardCaseEvent] = []
+    feed.subscribe(events.append)
+    policy = HardCasePolicy(max_per_minute=600, burst=5, dedup_max_distance=-1)
+    with FrameStore(tmp_path / "store", 10**8, fsync=False) as store:
+        pipeline = Pipeline(
+            Capture(CLIP, CaptureConfig(size=(320, 240))),
+            detector=_UncertainDetector(),
+            store=store,
+            selector=HardCaseSelector(policy, ("face",)),
+            feed=feed,
+        )
+        with pipeline:
+            outputs = [o for _, o in zip(range(20), pipeline, strict=False)]
+        pending = store.hard_cases(LabelStatus.PENDING)
+        suppressed = list(store.iter_frames())
+
+    hard = [o for o in outputs if o.result.hard]
+    assert 5 <= len(hard) < 20  # the burst, then the rate limit
+    assert [e.frame_id for e in events] == [o.store_id for o in hard]
+    assert [f.id for f in pending] == [o.store_id for o in hard]
+    assert all(e.reasons == ("uncertain_score",) for e in events)
+    held = [f for f in suppressed if f.label_status is LabelStatus.SUPPRESSED]
+    assert held and all(f.hard_reasons[-1] == "suppressed:rate_limited" for f in held)
+
+
+def test_stage_error_stops_pipeline_and_is_raised(tmp_path: Path) -> None:
+    pipeline = Pipeline(Capture(CLIP), detector=_UncertainDetector(fail_at=5))
+    seen = 0
+    with pytest.raises(ModelError, match="detector broke"):
+        with pipeline:
+            for _ in pipeline:
+                seen += 1
+    assert seen <= 5
+    assert not any(t.name.startswith("fedge-") and t.is_alive() for t in threading.enumerate())
+
+
+def test_replicated_stage_keeps_capture_order() -> None:
+    detectors = [_UncertainDetector() for _ in range(3)]
+    with Pipeline(Capture(CLIP, CaptureConfig(size=(160, 120))), detector=detectors) as pipeline:
+        frames = [o.result.frame for o in pipeline]
+    assert frames == list(range(240))
+    assert all(d.calls > 0 for d in detectors)
+    assert sum(d.calls for d in detectors) == 240
