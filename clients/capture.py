@@ -111,7 +111,8 @@ class CaptureConfig:
     sources and wait for files and folders. ``realtime`` paces files and folders at
     ``folder_fps`` or their native rate. Reconnection waits ``reconnect_initial_s``,
     doubling up to ``reconnect_max_s``; ``max_reconnects`` (``None`` = forever) bounds the
-    attempts in a row before the capture gives up with an error.
+    attempts in a row before the capture gives up with an error. ``max_frames`` ends the
+    source after that many frames (0: no limit).
     """
 
     size: tuple[int, int] | None = None
@@ -122,6 +123,7 @@ class CaptureConfig:
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 8.0
     max_reconnects: int | None = None
+    max_frames: int = 0
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
 
@@ -406,6 +408,8 @@ class Capture:
             index += 1
             self.stats.read += 1
             self._put(frame)
+            if self.config.max_frames and index >= self.config.max_frames:
+                return
             if period:
                 next_due += period
                 delay = next_due - time.monotonic()

@@ -111,12 +111,7 @@ class _Inbox:
         self._next_seq = 0
 
     def put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
+        self._queue.put(item)
 
     def take(self) -> object:
         while True:

@@ -57,6 +57,11 @@ def test_sample_clip_reads_every_frame_resized() -> None:
     assert (capture.stats.dropped, capture.stats.corrupt, capture.stats.error) == (0, 0, None)
 
 
+def test_max_frames_ends_the_source_early() -> None:
+    capture = Capture(CLIP, CaptureConfig(max_frames=7))
+    assert _drain(capture) == 7 == capture.stats.read
+
+
 def test_missing_file_raises_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(CaptureError, match="does not exist") as info:
         Capture(tmp_path / "nope.mp4").start()

@@ -25,6 +25,8 @@ __all__ = [
     "usable_cores",
 ]
 
+# data/samples/ beside fedge/, in a checkout and in site-packages alike (no import of
+# the data package, which may pull in heavy dependencies).
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "data" / "samples" / "vtest_clip.mp4"
 DEFAULT_STORE_DIR = Path("outputs") / "edge-store"
 EXIT_INTERRUPTED = 130
@@ -191,9 +193,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-frames must be 0 or more, got {args.max_frames}")
     if args.pose_workers < 0 or args.threads < 1:
         raise ConfigError("--pose-workers must be 0 or more and --threads 1 or more")
-    capture = Capture(
-        args.source, CaptureConfig(size=_parse_size(args.size), realtime=args.realtime)
+    config = CaptureConfig(
+        size=_parse_size(args.size), realtime=args.realtime, max_frames=args.max_frames
     )
+    capture = Capture(args.source, config)
     capture.start()  # fails here, before the models load, when the source cannot be opened
     store = None
     try:
@@ -236,8 +239,6 @@ def _run(args: argparse.Namespace) -> int:
                     if window and not window.show(frame):
                         break
                 console.update(pipeline.stats, result)
-                if args.max_frames and pipeline.stats.frames >= args.max_frames:
-                    break
     except KeyboardInterrupt:
         interrupted = True
     finally:
