@@ -179,13 +179,18 @@ class Detector:
 
     @classmethod
     def blazeface(
-        cls, cache_dir: str | os.PathLike[str] | None = None, **spec_changes: object
+        cls,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        score_threshold: float = BLAZEFACE_SHORT_RANGE.score_threshold,
+        num_threads: int | None = None,
     ) -> Detector:
         """Return BlazeFace short range from the model cache (``fedge models fetch``)."""
         from models.pretrained import read_model
 
-        spec = replace(BLAZEFACE_SHORT_RANGE, **spec_changes)  # type: ignore[arg-type]
-        return cls(read_model("face_detection_short_range", cache_dir), spec)
+        spec = replace(BLAZEFACE_SHORT_RANGE, score_threshold=score_threshold)
+        model = read_model("face_detection_short_range", cache_dir)
+        return cls(model, spec, num_threads=num_threads)
 
     def detect(
         self, frame_bgr: np.ndarray, score_threshold: float | None = None

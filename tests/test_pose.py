@@ -164,6 +164,9 @@ def test_both_backends_take_the_common_options(model_dir: Path) -> None:
         estimator = create_pose_estimator(backend, model_dir, **options)
         found = [estimator.estimate(frame) for frame in clip]
 
+        if isinstance(estimator, TasksPoseEstimator):
+            estimator.close()
+
         # Assert: tracking (VIDEO mode for Tasks) keeps the pedestrian.
         assert sum(1 for persons in found if persons) >= 5, backend
         assert all(len(persons) <= 2 for persons in found)

@@ -154,3 +154,25 @@ def test_cli_lists_then_fetches_into_a_cache_dir(
 
     assert main(["models", "fetch", "--cache-dir", cache, "--from-task", "nope.task"]) == 2
     assert "fedge models: error: task bundle nope.task does not exist" in capsys.readouterr().err
+
+
+def test_force_fetch_replaces_an_imported_model_with_the_wheel_copy(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # Prepare: a cache whose landmark model came from a .task bundle.
+    bundle = tmp_path / "pose.task"
+    bundle.write_bytes(
+        build_pose_task_bundle(
+            read_model("pose_detection", model_dir), read_model("pose_landmark_full", model_dir)
+        )
+    )
+    cache = tmp_path / "cache"
+    import_task_bundle(bundle, cache)
+    wheel = next(default_wheel_dir().glob("mediapipe-0.10.21-*.whl"))
+
+    # Execute
+    fetch_models(cache, names=["pose_landmark_full"], wheel=wheel, force=True)
+
+    # Assert
+    status = {s.model.name: s for s in model_status(cache)}["pose_landmark_full"]
+    assert status.state == "ok" and status.source == "mediapipe==0.10.21 wheel"
