@@ -1,0 +1,94 @@
+"""A Fashion-MNIST training node: its data partition and its cached trainer.
+
+Built once per process and partition, reused every round (the simulation keeps its
+worker processes alive across rounds), so TensorFlow graphs are traced only once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from data.fashion_mnist import load_fashion_mnist
+from data.partitioning import PartitionScheme, partition_indices
+from fedge.errors import ConfigError
+from fedge.run_config import RunConfig
+from models.cnn import build_cnn
+from models.training import LocalTrainer, to_model_input
+
+__all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
+
+VALIDATION_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """One partition: training and local validation arrays (model input form)."""
+
+    partition_id: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A seed unique to (run seed, round, partition), stable across processes."""
+    return zlib.crc32(f"{seed}/{server_round}/{partition_id}".encode())
+
+
+@lru_cache(maxsize=4)
+def load_node_data(
+    data_dir: str,
+    scheme: PartitionScheme,
+    partition_id: int,
+    num_partitions: int,
+    seed: int,
+    max_train_samples: int = 0,
+) -> NodeData:
+    """Load the data set, partition it and return partition ``partition_id``.
+
+    The last ``VALIDATION_SHARE`` of the (shuffled) partition is kept for local
+    evaluation. ``max_train_samples`` > 0 caps the training part.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)"
+        )
+    dataset = load_fashion_mnist(data_dir or None)
+    parts = partition_indices(dataset.y_train, num_partitions, scheme, seed)
+    own = np.random.default_rng(seed + partition_id).permutation(parts[partition_id])
+    n_val = int(len(own) * VALIDATION_SHARE) if len(own) >= 5 else 0
+    train_idx, val_idx = own[: len(own) - n_val], own[len(own) - n_val :]
+    if max_train_samples > 0:
+        train_idx = train_idx[:max_train_samples]
+    if len(val_idx) == 0:  # tiny partitions validate on their training data
+        val_idx = train_idx
+    x = dataset.x_train
+    y = dataset.y_train.astype(np.int32)
+    return NodeData(
+        partition_id,
+        to_model_input(x[train_idx]),
+        y[train_idx],
+        to_model_input(x[val_idx]),
+        y[val_idx],
+    )
+
+
+@lru_cache(maxsize=2)
+def get_trainer(task: str, momentum: float) -> LocalTrainer:
+    """The process-wide trainer for ``task`` (built and traced once)."""
+    if task != "fashion-mnist":
+        raise ConfigError(f"unknown task {task!r}")
+    return LocalTrainer(lambda: build_cnn(seed=0), momentum=momentum)
+
+
+def node_data_for(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeData:
+    """``load_node_data`` with the run config's data settings."""
+    scheme = PartitionScheme(cfg.partitioner, cfg.partitioner_param)
+    return load_node_data(
+        cfg.data_dir, scheme, partition_id, num_partitions, cfg.seed, cfg.max_train_samples
+    )

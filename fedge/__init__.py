@@ -1,0 +1,1 @@
+"""fedge command-line interface and shared constants."""

@@ -1,0 +1,119 @@
+"""The typed view of a Flower run config (``[tool.flwr.app.config]`` + ``--run-config``).
+
+Every knob has its default in ``pyproject.toml``; this module validates values and
+exposes them under Python names. Server and clients read the same class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fedge.errors import ConfigError
+
+__all__ = ["RunConfig"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All run knobs; field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    task: str = "fashion-mnist"
+    strategy: str = "fedavg"
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_available_nodes: int = 2
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    partitioner: str = "iid"
+    partitioner_param: float = 0.5
+    num_partitions: int = 0
+    seed: int = 0
+    data_dir: str = "sample"
+    max_train_samples: int = 0
+    output_dir: str = "outputs"
+    run_name: str = ""
+    resume: bool = False
+    stop_after_round: int = 0
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    eta: float = 0.01
+    eta_l: float = 0.0316
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 0.001
+    trimmed_beta: float = 0.2
+    num_malicious_nodes: int = 0
+    krum_keep: int = 0
+    q_param: float = 0.2
+    attack: str = "none"
+    malicious_fraction: float = 0.0
+    attack_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive = ("num_server_rounds", "local_epochs", "batch_size", "min_available_nodes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if self.task != "fashion-mnist":
+            raise ConfigError(f"unknown task {self.task!r}; available: fashion-mnist")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from run-config keys (``num-server-rounds``); unknown keys are errors."""
+        known = {_key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config keys {unknown}; known keys: {', '.join(sorted(known))}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            field = known[key]
+            kwargs[field.name] = _coerce(key, value, type(getattr(cls, field.name)))
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the run-config form (dashed keys)."""
+        return {_key(k): v for k, v in asdict(self).items()}
+
+    def training_hash(self) -> str:
+        """Hash of every knob that changes the trained weights (not paths, not resume)."""
+        ignored = {"output_dir", "run_name", "resume", "stop_after_round", "num_server_rounds"}
+        relevant = {k: v for k, v in asdict(self).items() if k not in ignored}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        return int(value)
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from err
+    return str(value)

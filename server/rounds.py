@@ -1,0 +1,131 @@
+"""The federated round loop: Flower's ``Strategy.start`` with resume, guards and metering.
+
+``Strategy.start`` always counts rounds from 1 and offers no hook per round. This loop
+calls the same public strategy methods (configure/aggregate train and evaluate) but can
+start at any round, drops non-finite replies before aggregation, puts replies in a
+stable order (so aggregation is reproducible), and hands a ``RoundReport`` to a callback
+after every round (metrics log, checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.wire import messages_bytes
+from strategies.non_finite import split_non_finite
+
+__all__ = ["ClientReport", "RoundReport", "run_rounds"]
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+@dataclass
+class ClientReport:
+    """One client's reply in one stage of a round."""
+
+    node_id: int
+    metrics: dict[str, Any]
+
+
+@dataclass
+class RoundReport:
+    """Everything that happened in one round."""
+
+    round: int
+    arrays: ArrayRecord
+    seconds: float = 0.0
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    central: dict[str, Any] = field(default_factory=dict)
+    train_clients: list[ClientReport] = field(default_factory=list)
+    evaluate_clients: list[ClientReport] = field(default_factory=list)
+    rejected_nodes: list[int] = field(default_factory=list)
+    failed_nodes: list[int] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+def _sort_key(message: Message) -> tuple[float, int]:
+    if message.has_content():
+        for record in message.content.metric_records.values():
+            if "partition-id" in record:
+                return float(record["partition-id"]), message.metadata.src_node_id
+    return float("inf"), message.metadata.src_node_id
+
+
+def _client_reports(replies: list[Message]) -> list[ClientReport]:
+    reports = []
+    for reply in replies:
+        if reply.has_content():
+            metrics: dict[str, Any] = {}
+            for record in reply.content.metric_records.values():
+                metrics.update(record)
+            reports.append(ClientReport(reply.metadata.src_node_id, metrics))
+    return reports
+
+
+def _exchange(
+    grid: Grid, messages: list[Message], timeout: float
+) -> tuple[list[Message], int, int]:
+    sent = messages_bytes(messages)
+    replies = sorted(grid.send_and_receive(messages, timeout=timeout), key=_sort_key)
+    return replies, sent, messages_bytes(replies)
+
+
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    *,
+    first_round: int,
+    last_round: int,
+    train_config: ConfigRecord,
+    evaluate_config: ConfigRecord,
+    evaluate_fn: EvaluateFn | None,
+    on_round_end: Callable[[RoundReport], None],
+    timeout: float = 3600.0,
+) -> ArrayRecord:
+    """Run rounds ``first_round..last_round`` and return the final global arrays."""
+    for server_round in range(first_round, last_round + 1):
+        log.info("round %d/%d", server_round, last_round)
+        start = time.perf_counter()
+        report = RoundReport(round=server_round, arrays=arrays)
+
+        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        replies, sent, received = _exchange(grid, messages, timeout)
+        report.bytes_sent += sent
+        report.bytes_received += received
+        report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
+        kept, rejected = split_non_finite(replies)
+        report.rejected_nodes = [r.metadata.src_node_id for r in rejected]
+        report.train_clients = _client_reports(kept)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, kept)
+        if new_arrays is not None:
+            arrays = new_arrays
+        report.train = dict(train_metrics or {})
+
+        messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, grid))
+        if messages:
+            replies, sent, received = _exchange(grid, messages, timeout)
+            report.bytes_sent += sent
+            report.bytes_received += received
+            report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
+            report.evaluate_clients = _client_reports(replies)
+            report.evaluate = dict(strategy.aggregate_evaluate(server_round, replies) or {})
+
+        if evaluate_fn is not None:
+            report.central = dict(evaluate_fn(server_round, arrays) or {})
+        report.arrays = arrays
+        report.seconds = time.perf_counter() - start
+        on_round_end(report)
+    return arrays
