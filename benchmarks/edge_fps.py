@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from clients.capture import Capture, CaptureConfig  # noqa: E402
-from clients.detector import BLAZEFACE_SHORT_RANGE, Detector  # noqa: E402
+from clients.detector import Detector  # noqa: E402
 from clients.hard_cases import HardCasePolicy, HardCaseSelector  # noqa: E402
 from clients.pipeline import Pipeline, PoseModel  # noqa: E402
 from clients.pose import create_pose_estimator  # noqa: E402
 from clients.results import FrameResult  # noqa: E402
 from data.frame_store import FrameStore  # noqa: E402
 from fedge.commands.edge import default_pose_workers, usable_cores  # noqa: E402
-from models.pretrained import read_model  # noqa: E402
 
-__all__ = ["Measurement", "main", "run_benchmark"]
+__all__ = ["Measurement", "main", "median_runs", "run_benchmark", "write_reports"]
 
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
 SIZE = (640, 480)
@@ -62,6 +62,11 @@ class Measurement:
     frames: int
     fps: float
     stage_ms: dict[str, float] = field(default_factory=dict)
+    cpu_ms: float = 0.0  # process CPU time per frame, all threads together
+
+
+def _cpu_ms(started: float, frames: int) -> float:
+    return (time.process_time() - started) * 1000.0 / max(1, frames)
 
 
 def _steady_fps(done: list[float]) -> float:
@@ -78,8 +83,9 @@ def _read_frames(count: int) -> list[np.ndarray]:
     return frames
 
 
-def _detector_spec(policy: HardCasePolicy) -> object:
-    return replace(BLAZEFACE_SHORT_RANGE, score_threshold=policy.uncertain_low)
+def _detector(model_dir: str | None, threads: int, policy: HardCasePolicy) -> Detector:
+    """BlazeFace keeping boxes down to the bottom of the uncertainty band, as fedge edge does."""
+    return Detector.blazeface(model_dir, score_threshold=policy.uncertain_low, num_threads=threads)
 
 
 def _time_each(
@@ -87,25 +93,27 @@ def _time_each(
 ) -> Measurement:
     done: list[float] = []
     latency: list[float] = []
+    cpu = time.process_time()
     for item in items:
         started = time.perf_counter()
         step(item)
         done.append(time.perf_counter())
         latency.append((done[-1] - started) * 1000.0)
-    return Measurement(name, len(done), _steady_fps(done), {stage: float(np.mean(latency))})
+    stage_ms = {stage: float(np.mean(latency))}
+    return Measurement(name, len(done), _steady_fps(done), stage_ms, _cpu_ms(cpu, len(done)))
 
 
 def measure_capture(count: int) -> Measurement:
     """Decode and resize ``count`` frames of the clip, nothing else."""
     done: list[float] = []
     latency: list[float] = []
-    with Capture(CLIP, CaptureConfig(size=SIZE, queue_size=count + 1)) as capture:
-        for _, frame in zip(range(count), capture, strict=False):
+    cpu = time.process_time()
+    with Capture(CLIP, CaptureConfig(size=SIZE, max_frames=count)) as capture:
+        for frame in capture:
             done.append(time.perf_counter())
             latency.append(frame.capture_ms)
-    return Measurement(
-        "capture alone", len(done), _steady_fps(done), {"capture": float(np.mean(latency))}
-    )
+    stage_ms = {"capture": float(np.mean(latency))}
+    return Measurement("capture alone", len(done), _steady_fps(done), stage_ms, _cpu_ms(cpu, count))
 
 
 def measure_pose_workers(frames: list[np.ndarray], poses: list[PoseModel]) -> Measurement:
@@ -124,13 +132,15 @@ def measure_pose_workers(frames: list[np.ndarray], poses: list[PoseModel]) -> Me
                 latency.append((finished - started) * 1000.0)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(poses))]
+    cpu = time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     name = f"pose stage alone ({len(poses)} workers)"
+    stage_ms = {"pose": float(np.mean(latency))}
     return Measurement(
-        name, len(done), _steady_fps(sorted(done)), {"pose": float(np.mean(latency))}
+        name, len(done), _steady_fps(sorted(done)), stage_ms, _cpu_ms(cpu, len(done))
     )
 
 
@@ -143,8 +153,6 @@ def run_benchmark(
 ) -> list[Measurement]:
     """Measure every configuration on the first ``count`` frames of the clip."""
     policy = HardCasePolicy()
-    spec = _detector_spec(policy)
-    ssd_bytes = read_model("face_detection_short_range", model_dir)
     frames = _read_frames(count)
     results = [measure_capture(count)]
 
@@ -153,7 +161,7 @@ def run_benchmark(
         poses = [_pose(model_dir, threads) for _ in range(pose_workers)]
         results.append(measure_pose_workers(frames, poses))
 
-    detector = Detector(ssd_bytes, spec, num_threads=threads)  # type: ignore[arg-type]
+    detector = _detector(model_dir, threads, policy)
     results.append(_time_each("ssd alone", "ssd", frames, detector.detect))
 
     with tempfile.TemporaryDirectory() as tmp, FrameStore(tmp, STORE_BUDGET) as store:
@@ -170,8 +178,8 @@ def run_benchmark(
 
     results.append(_run_naive(count, threads, model_dir, policy))
     if pose_workers > 1:
-        results.append(_run_pipeline(count, threads, 1, model_dir, policy, ssd_bytes))
-    results.append(_run_pipeline(count, threads, pose_workers, model_dir, policy, ssd_bytes))
+        results.append(_run_pipeline(count, threads, 1, model_dir, policy))
+    results.append(_run_pipeline(count, threads, pose_workers, model_dir, policy))
     return results
 
 
@@ -185,6 +193,7 @@ def _run_naive(
     done: list[float] = []
     pose = _pose(model_dir, threads)
     cap = cv2.VideoCapture(str(CLIP))
+    cpu = time.process_time()
     with tempfile.TemporaryDirectory() as tmp, FrameStore(tmp, STORE_BUDGET) as store:
         for index in range(count):
             t0 = time.perf_counter()
@@ -195,11 +204,7 @@ def _run_naive(
             t1 = time.perf_counter()
             persons = pose.estimate(frame)
             t2 = time.perf_counter()
-            detector = Detector(
-                read_model("face_detection_short_range", model_dir),
-                _detector_spec(policy),
-                num_threads=threads,
-            )  # type: ignore[arg-type]
+            detector = _detector(model_dir, threads, policy)  # reloaded every frame
             detections = detector.detect(frame)
             t3 = time.perf_counter()
             result = FrameResult(index, time.time(), str(CLIP), persons, detections)
@@ -209,7 +214,10 @@ def _run_naive(
             for stage, a, b in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
                 samples[stage].append((b - a) * 1000.0)
     cap.release()
-    return Measurement("naive loop (seed)", len(done), _steady_fps(done), _mean_ms(samples))
+    fps = _steady_fps(done)
+    return Measurement(
+        "naive loop (seed)", len(done), fps, _mean_ms(samples), _cpu_ms(cpu, len(done))
+    )
 
 
 def _run_pipeline(
@@ -218,15 +226,15 @@ def _run_pipeline(
     pose_workers: int,
     model_dir: str | None,
     policy: HardCasePolicy,
-    ssd_bytes: bytes,
 ) -> Measurement:
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     done: list[float] = []
     pose = [_pose(model_dir, threads) for _ in range(pose_workers)]
-    detector = Detector(ssd_bytes, _detector_spec(policy), num_threads=threads)  # type: ignore[arg-type]
+    detector = _detector(model_dir, threads, policy)
+    cpu = time.process_time()
     with tempfile.TemporaryDirectory() as tmp, FrameStore(tmp, STORE_BUDGET) as store:
         pipeline = Pipeline(
-            Capture(CLIP, CaptureConfig(size=SIZE)),
+            Capture(CLIP, CaptureConfig(size=SIZE, max_frames=count)),
             pose=pose,
             detector=detector,
             store=store,
@@ -237,10 +245,18 @@ def _run_pipeline(
                 done.append(time.perf_counter())
                 for stage in STAGES:
                     samples[stage].append(output.result.timings_ms[stage])
-                if len(done) >= count:
-                    break
     name = f"fedge pipeline ({pose_workers} pose worker{'s' if pose_workers > 1 else ''})"
-    return Measurement(name, len(done), _steady_fps(done), _mean_ms(samples))
+    cpu_ms = _cpu_ms(cpu, len(done))
+    return Measurement(name, len(done), _steady_fps(done), _mean_ms(samples), cpu_ms)
+
+
+def median_runs(runs: list[list[Measurement]]) -> list[Measurement]:
+    """Per configuration, the measurement with the median FPS over the runs."""
+    merged = []
+    for same in zip(*runs, strict=True):
+        ranked = sorted(same, key=lambda m: m.fps)
+        merged.append(ranked[(len(ranked) - 1) // 2])
+    return merged
 
 
 def _machine() -> str:
@@ -256,21 +272,27 @@ def _machine() -> str:
 
 
 def _rows(results: list[Measurement]) -> tuple[list[list[str]], dict[str, float]]:
+    by_name = {m.name: m for m in results}
     pipelines = [m for m in results if m.name.startswith("fedge pipeline")]
     pipeline = pipelines[-1]
-    naive = next(m for m in results if m.name.startswith("naive"))
-    # the pose stage as the pipeline runs it (several workers when configured so)
-    stage_alone = [m for m in results if "alone" in m.name and m.name != "pose alone"]
-    if not any(m.name.startswith("pose stage") for m in stage_alone):
-        stage_alone += [m for m in results if m.name == "pose alone"]
-    slowest = min(stage_alone, key=lambda m: m.fps)
+    naive = by_name["naive loop (seed)"]
+    pose_alone = by_name["pose alone"]
+    stages = ["capture alone", "ssd alone", "store alone"]
+    pose_stage = next((m for m in results if m.name.startswith("pose stage")), pose_alone)
+    slowest = min([pose_stage, *(by_name[n] for n in stages)], key=lambda m: m.fps)
+    # the most any schedule can reach: every core busy with the stages' own CPU work
+    stage_cpu = pose_alone.cpu_ms + sum(by_name[n].cpu_ms for n in stages)
+    ceiling = usable_cores() * 1000.0 / stage_cpu if stage_cpu > 0 else 0.0
     ratios = {
         f"{pipeline.name} / naive loop": pipeline.fps / naive.fps,
         f"{pipeline.name} / slowest stage alone ({slowest.name})": pipeline.fps / slowest.fps,
     }
+    if ceiling:
+        ratios[f"{pipeline.name} / CPU ceiling ({ceiling:.1f} FPS on {usable_cores()} cores)"] = (
+            pipeline.fps / ceiling
+        )
     if len(pipelines) > 1:
         single = pipelines[0]
-        pose_alone = next(m for m in results if m.name == "pose alone")
         ratios[f"{single.name} / naive loop"] = single.fps / naive.fps
         ratios[f"{single.name} / pose alone"] = single.fps / pose_alone.fps
     rows = [
@@ -279,6 +301,7 @@ def _rows(results: list[Measurement]) -> tuple[list[list[str]], dict[str, float]
             str(m.frames),
             f"{m.fps:.1f}",
             *(f"{m.stage_ms[s]:.1f}" if s in m.stage_ms else "" for s in STAGES),
+            f"{m.cpu_ms:.1f}",
         ]
         for m in results
     ]
@@ -289,7 +312,7 @@ def write_reports(results: list[Measurement], out_dir: Path, header: str) -> tup
     """Write ``edge_fps.md`` and ``edge_fps.csv``; return their paths."""
     rows, ratios = _rows(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["configuration", "frames", "FPS", *(f"{s} ms" for s in STAGES)]
+    columns = ["configuration", "frames", "FPS", *(f"{s} ms" for s in STAGES), "CPU ms/frame"]
     csv_path = out_dir / "edge_fps.csv"
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -310,8 +333,11 @@ def write_reports(results: list[Measurement], out_dir: Path, header: str) -> tup
         *(f"- **{name}**: {value:.2f}x" for name, value in ratios.items()),
         "",
         "Stage latencies are means per frame; in the pipeline they overlap, so FPS is set "
-        "by the slowest stage rather than their sum. The naive loop's `ssd` column includes "
-        "reloading the detector for every frame, as the seed design did.",
+        "by the slowest stage (or, once pose runs on several workers, by the CPU: all "
+        "cores busy) rather than by their sum. The naive loop's `ssd` column includes "
+        "reloading the detector for every frame, as the seed design did. `CPU ms/frame` "
+        "is the process's CPU time (all threads) per frame; the CPU ceiling is the usable "
+        "cores divided by the stages' summed CPU time per frame, measured alone.",
         "",
     ]
     md_path.write_text("\n".join(lines), encoding="utf-8")
@@ -325,7 +351,7 @@ def print_table(results: list[Measurement], header: str) -> None:
 
     rows, ratios = _rows(results)
     table = Table(title="Edge FPS (sample clip, 640x480)", caption=header)
-    for column in ["configuration", "frames", "FPS", *(f"{s} ms" for s in STAGES)]:
+    for column in ["configuration", "frames", "FPS", *(f"{s} ms" for s in STAGES), "CPU ms/frame"]:
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in rows:
         table.add_row(*row)
@@ -344,17 +370,26 @@ def main(argv: list[str] | None = None) -> int:
         "--pose-workers",
         type=int,
         default=0,
-        help="pose estimators in the pipeline (default 0: one per two cores, at most 3)",
+        help="pose estimators in the pipeline (default 0: one per core, at most 3)",
     )
     parser.add_argument("--model-dir", help="pretrained model cache")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run everything N times, report the median"
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     workers = args.pose_workers or default_pose_workers()
-    results = run_benchmark(args.frames, args.threads, workers, args.model_dir)
+    load_before = os.getloadavg()[0]
+    runs = [
+        run_benchmark(args.frames, args.threads, workers, args.model_dir)
+        for _ in range(args.repeat)
+    ]
+    results = median_runs(runs)
     header = (
         f"{_machine()}; LiteRT threads per model: {args.threads}; pose workers: {workers}; "
         f"{args.frames} frames of data/samples/vtest_clip.mp4 at {SIZE[0]}x{SIZE[1]}; "
-        f"run {time.strftime('%Y-%m-%d %H:%M')}"
+        f"median of {args.repeat} run(s); 1-min load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after; run {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print_table(results, header)
     md_path, csv_path = write_reports(results, args.out_dir, header)

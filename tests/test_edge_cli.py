@@ -33,18 +33,6 @@ def _fedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.fixture(scope="module")
-def models_cached() -> None:
-    from fedge.errors import ModelError
-    from models.pretrained import read_model
-
-    try:
-        for name in ("pose_detection", "pose_landmark_full", "face_detection_short_range"):
-            read_model(name)
-    except ModelError as err:
-        pytest.skip(f"pretrained models unavailable ({err})")
-
-
 def _check_box(box: Any) -> None:
     assert isinstance(box, list) and len(box) == 4
     assert all(isinstance(v, (int, float)) for v in box)
@@ -74,13 +62,12 @@ def _check_record(record: dict[str, Any], index: int) -> None:
     assert all(v >= 0 for v in record["timings_ms"].values())
 
 
-@pytest.mark.usefixtures("models_cached")
-def test_sample_clip_writes_valid_jsonl_video_and_store(tmp_path: Path) -> None:
+def test_sample_clip_writes_valid_jsonl_video_and_store(tmp_path: Path, model_dir: Path) -> None:
     jsonl, video, store_dir = tmp_path / "r.jsonl", tmp_path / "a.mp4", tmp_path / "store"
 
     done = _fedge(
         "--max-frames", "12", "--jsonl", str(jsonl), "--out", str(video),
-        "--store-dir", str(store_dir), "--quiet",
+        "--store-dir", str(store_dir), "--model-dir", str(model_dir), "--quiet",
     )  # fmt: skip
 
     assert done.returncode == 0, done.stderr
@@ -127,12 +114,11 @@ def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
     assert "--size must look like 640x480" in done.stderr
 
 
-@pytest.mark.usefixtures("models_cached")
-def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path, model_dir: Path) -> None:
     jsonl = tmp_path / "r.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedge", "edge", "--realtime", "--quiet", "--jsonl", str(jsonl),
-         "--store-dir", str(tmp_path / "store")],
+         "--store-dir", str(tmp_path / "store"), "--model-dir", str(model_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60

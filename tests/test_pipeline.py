@@ -3,36 +3,30 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clients.capture import Capture, CaptureConfig
+from clients.detector import Detector
 from clients.hard_cases import HardCaseEvent, HardCaseFeed, HardCasePolicy, HardCaseSelector
-from clients.pipeline import STAGES, Pipeline
+from clients.pipeline import STAGES, Pipeline, PoseModel
+from clients.pose import create_pose_estimator
 from clients.results import Detection
 from data.frame_store import FrameStore, LabelStatus
-from fedge.errors import FedgeError, ModelError
+from fedge.errors import ModelError
 
 CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[list[object], object]:
+def models(model_dir: Path) -> tuple[list[PoseModel], Detector]:
     """Two BlazePose estimators and one BlazeFace detector from the model cache."""
-    try:
-        from clients.detector import BLAZEFACE_SHORT_RANGE, Detector
-        from clients.pose import create_pose_estimator
-        from models.pretrained import read_model
-
-        poses = [create_pose_estimator("litert", num_threads=1, track=True) for _ in range(2)]
-        spec = replace(BLAZEFACE_SHORT_RANGE, score_threshold=0.3)
-        detector = Detector(read_model("face_detection_short_range"), spec, num_threads=1)
-    except (ImportError, FedgeError) as err:
-        pytest.skip(f"pretrained models unavailable ({err}); run `fedge models fetch`")
-    return poses, detector
+    poses = [
+        create_pose_estimator("litert", model_dir, num_threads=1, track=True) for _ in range(2)
+    ]
+    return poses, Detector.blazeface(model_dir, score_threshold=0.3, num_threads=1)
 
 
 class _UncertainDetector:
@@ -50,7 +44,7 @@ class _UncertainDetector:
 
 
 def test_real_models_fill_every_stage_in_capture_order(
-    tmp_path: Path, models: tuple[list[object], object]
+    tmp_path: Path, models: tuple[list[PoseModel], Detector]
 ) -> None:
     poses, detector = models
     capture = Capture(CLIP, CaptureConfig(size=(640, 480)))

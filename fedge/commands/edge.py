@@ -96,7 +96,7 @@ def register(subparsers: Any) -> None:
         default=0,
         metavar="N",
         help="pose estimators run side by side on alternate frames "
-        "(default 0: one per two CPU cores, at most 3)",
+        "(default 0: one per CPU core, at most 3)",
     )
     parser.add_argument(
         "--model-dir",
@@ -140,8 +140,8 @@ def usable_cores() -> int:
 
 
 def default_pose_workers() -> int:
-    """One pose worker per two usable CPU cores, between 1 and 3."""
-    return max(1, min(3, usable_cores() // 2))
+    """One pose worker per usable CPU core, at most 3 (pose is the costliest stage)."""
+    return max(1, min(3, usable_cores()))
 
 
 def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
@@ -163,14 +163,11 @@ def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
             for _ in range(workers)
         ]
     if not args.no_ssd:
-        from dataclasses import replace
+        from clients.detector import Detector
 
-        from clients.detector import BLAZEFACE_SHORT_RANGE, Detector
-        from models.pretrained import read_model
-
-        spec = replace(BLAZEFACE_SHORT_RANGE, score_threshold=min_score)
-        model = read_model("face_detection_short_range", args.model_dir)
-        detector = Detector(model, spec, num_threads=args.threads)
+        detector = Detector.blazeface(
+            args.model_dir, score_threshold=min_score, num_threads=args.threads
+        )
     return pose, detector
 
 
