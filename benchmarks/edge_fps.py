@@ -355,7 +355,7 @@ def print_table(results: list[Measurement], header: str) -> None:
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in rows:
         table.add_row(*row)
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(table)
     for name, value in ratios.items():
         console.print(f"{name}: [bold]{value:.2f}x[/bold]")

@@ -194,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         size=_parse_size(args.size), realtime=args.realtime, max_frames=args.max_frames
     )
     capture = Capture(args.source, config)
+    window = WindowSink() if args.show else None  # fails fast without a display
     capture.start()  # fails here, before the models load, when the source cannot be opened
     store = None
     try:
@@ -203,7 +204,6 @@ def _run(args: argparse.Namespace) -> int:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
         selector = HardCaseSelector(policy, detector_labels=_detector_labels(detector))
-        window = WindowSink() if args.show else None
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
     except BaseException:
