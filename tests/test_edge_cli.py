@@ -23,13 +23,16 @@ RECORD_KEYS |= {"timings_ms"}
 TIMING_KEYS = {"capture", "pose", "ssd", "store", "total"}
 
 
-def _fedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _fedge(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedge", "edge", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -106,6 +109,15 @@ def test_bad_source_exits_2_with_one_line(tmp_path: Path, source: str, message: 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("fedge edge: error:") and message in lines[0]
+
+
+def test_show_without_display_exits_2_before_loading_models() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = _fedge("--show", "--no-store", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "fedge edge: error: --show needs a display (DISPLAY is not set); use --out instead"
+    )
 
 
 def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
