@@ -20,8 +20,8 @@ Weights = list[np.ndarray]
 Attack = Callable[[Weights, Weights, float, np.random.Generator], Weights]
 
 ATTACKS: dict[str, Attack] = {
-    "sign-flip": lambda new, old, s, rng: [o - s * (n - o) for n, o in zip(new, old)],
-    "scale": lambda new, old, s, rng: [o + s * (n - o) for n, o in zip(new, old)],
+    "sign-flip": lambda new, old, s, rng: [o - s * (n - o) for n, o in zip(new, old, strict=True)],
+    "scale": lambda new, old, s, rng: [o + s * (n - o) for n, o in zip(new, old, strict=True)],
     "noise": lambda new, old, s, rng: [
         n + rng.normal(0.0, s, n.shape).astype(n.dtype) for n in new
     ],
@@ -41,4 +41,7 @@ def apply_attack(
     """Return the corrupted update for attack ``name``."""
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    return [np.asarray(w, dtype=n.dtype) for w, n in zip(ATTACKS[name](new, old, scale, rng), new)]
+    return [
+        np.asarray(w, dtype=n.dtype)
+        for w, n in zip(ATTACKS[name](new, old, scale, rng), new, strict=True)
+    ]

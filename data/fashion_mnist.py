@@ -90,7 +90,7 @@ def find_fashion_mnist_dir(data_dir: str | os.PathLike[str] | None = None) -> Pa
         If no candidate directory holds them; the message names every place tried.
     """
     if data_dir is not None and str(data_dir) == SAMPLE_KEYWORD:
-        return sample_path("fashion-mnist")
+        return sample_path("fashion-mnist", tuple(FILES.values()))
     candidates: list[tuple[str, Path]] = []
     if data_dir:
         candidates.append(("run config data-dir", Path(data_dir).expanduser()))
@@ -116,7 +116,5 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Fashio
     arrays = {key: read_idx(directory / name) for key, name in FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise DatasetNotFoundError(
-                f"{directory}: {split} images and labels differ in count"
-            )
+            raise DatasetNotFoundError(f"{directory}: {split} images and labels differ in count")
     return FashionMnist(source=directory, **arrays)

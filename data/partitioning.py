@@ -37,9 +37,7 @@ class PartitionScheme:
         if self.name == "dirichlet" and not self.param > 0:
             raise ConfigError(f"Dirichlet alpha must be > 0, got {self.param}")
         if self.name == "classes" and (self.param < 1 or self.param != int(self.param)):
-            raise ConfigError(
-                f"classes-per-client must be a whole number >= 1, got {self.param}"
-            )
+            raise ConfigError(f"classes-per-client must be a whole number >= 1, got {self.param}")
 
     @property
     def label(self) -> str:
@@ -59,7 +57,9 @@ def parse_partition_scheme(text: str) -> PartitionScheme:
     except ValueError as err:
         raise ConfigError(f"partition parameter must be a number in {text!r}") from err
     if name in ("dirichlet", "classes") and not param:
-        raise ConfigError(f"{name} needs a parameter, e.g. {name}:{'0.5' if name == 'dirichlet' else 2}")
+        raise ConfigError(
+            f"{name} needs a parameter, e.g. {name}:{'0.5' if name == 'dirichlet' else 2}"
+        )
     return PartitionScheme(name, value)
 
 

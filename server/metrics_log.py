@@ -3,8 +3,8 @@
 Keys of each line: ``round``, ``time`` (UNIX seconds), ``seconds`` (round wall time),
 ``central`` ({loss, accuracy} of the global model on the test set), ``train`` and
 ``evaluate`` (metrics aggregated by the strategy), ``clients`` (per node:
-``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes`` (non-finite updates dropped), ``failed_nodes``,
-``bytes_sent`` / ``bytes_received`` (serialized message content, server view).
+``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes``
+(non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received`` (serialized message content, server view).
 """
 
 from __future__ import annotations

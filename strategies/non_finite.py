@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 
 __all__ = ["has_non_finite_arrays", "split_non_finite"]
 

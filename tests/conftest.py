@@ -19,3 +19,20 @@ def model_dir() -> Path:
 
     fetch_models()
     return resolve_model_dir(None)
+
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def local_federation(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A private Flower home with a 4-node simulation connection; its SuperLink is
+    stopped at the end of the session."""
+    from fedge.local_federation import LocalFederation
+
+    federation = LocalFederation(tmp_path_factory.mktemp("flwr-home"), num_supernodes=4)
+    try:
+        yield federation
+    finally:
+        federation.close()
+        assert federation.superlink_pids() == [], "managed SuperLink still running"

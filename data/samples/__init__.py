@@ -8,6 +8,7 @@ module; they are then found in the installed ``fedge`` distribution.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -37,11 +38,12 @@ def _installed_sample_dirs() -> list[Path]:
     return dirs
 
 
-def sample_path(name: str) -> Path:
-    """Return the path of the committed sample ``name`` (a file or a folder)."""
+def sample_path(name: str, members: Sequence[str] = ()) -> Path:
+    """Return the path of the committed sample ``name`` (a file, or a folder holding
+    every file in ``members``)."""
     for directory in [Path(__file__).parent, *_installed_sample_dirs()]:
         candidate = directory / name
-        if candidate.exists():
+        if candidate.exists() and all((candidate / m).is_file() for m in members):
             return candidate
     raise DatasetNotFoundError(
         f"bundled sample {name!r} not found beside {__file__} nor in the installed fedge "

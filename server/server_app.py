@@ -1,0 +1,89 @@
+"""The fedge ServerApp: strategy from the registry, central evaluation, checkpoints.
+
+Run knobs come from ``[tool.flwr.app.config]`` (see ``fedge.run_config.RunConfig``).
+Each round appends a line to ``<output-dir>/<run-name>/metrics.jsonl`` and writes a
+checkpoint; ``resume=true`` continues from the newest checkpoint of the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedge.run_config import RunConfig
+from server.central_evaluation import CentralEvaluator
+from server.checkpoint import (
+    Checkpoint,
+    load_latest_checkpoint,
+    restore_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
+from server.metrics_log import MetricsLog
+from server.rounds import RoundReport, run_rounds
+from server.run_directory import prepare_run_directory
+from strategies.registry import build_strategy
+
+__all__ = ["app"]
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run (or resume) the federated training described by the run config."""
+    cfg = RunConfig.from_mapping(dict(context.run_config))
+    strategy = build_strategy(cfg)
+    run_dir = prepare_run_directory(cfg)
+    evaluator = CentralEvaluator(cfg)
+    config_hash = cfg.training_hash()
+
+    arrays = evaluator.initial_arrays()
+    first_round = 1
+    checkpoint = load_latest_checkpoint(run_dir, config_hash) if cfg.resume else None
+    if checkpoint is not None:
+        arrays = ArrayRecord([np.asarray(w) for w in checkpoint.weights])
+        restore_strategy_state(strategy, checkpoint.state)
+        first_round = checkpoint.round + 1
+        log.warning("resuming %s after round %d", run_dir, checkpoint.round)
+    metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
+    last_round = cfg.num_server_rounds
+    if cfg.stop_after_round:
+        last_round = min(last_round, cfg.stop_after_round)
+
+    def on_round_end(report: RoundReport) -> None:
+        line = metrics.append(report)
+        save_checkpoint(
+            run_dir,
+            Checkpoint(
+                report.round,
+                report.arrays.to_numpy_ndarrays(),
+                config_hash,
+                strategy_state(strategy),
+            ),
+        )
+        log.warning(
+            "round %d: central accuracy %.4f, loss %.4f, %.1fs",
+            report.round,
+            line["central"].get("accuracy", float("nan")),
+            line["central"].get("loss", float("nan")),
+            report.seconds,
+        )
+
+    final = run_rounds(
+        strategy,
+        grid,
+        arrays,
+        first_round=first_round,
+        last_round=last_round,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=evaluator,
+        on_round_end=on_round_end,
+    )
+    np.savez(run_dir / "final_weights.npz", *final.to_numpy_ndarrays())

@@ -1,0 +1,70 @@
+"""An in-process Grid: delivers each message straight to the real ClientApp.
+
+The strategy matrix and guard tests use it so that a dozen strategies can run real
+rounds (real ClientApp, real training, real Flower strategies and records) in seconds,
+without starting a SuperLink per strategy; the full transport is covered by the
+``flwr run`` and deployment tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["LoopbackGrid"]
+
+
+class LoopbackGrid(Grid):
+    """``num_nodes`` nodes, node ``i`` with ``partition-id=i``; replies in node order."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict[str, Any]) -> None:
+        self._app = client_app
+        TaskIdentity.run_id = 1  # what a real ServerApp process has set
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 1
+        self._contexts = {
+            1000 + i: Context(
+                run_id=1,
+                node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i in range(num_nodes)
+        }
+
+    def set_run(self, run: Any) -> None:  # noqa: D102
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Any:  # noqa: D102
+        raise NotImplementedError
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The node ids (1000, 1001, …)."""
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run the ClientApp on every message and return its replies."""
+        replies = []
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            reply = self._app(message, self._contexts[node_id])
+            replies.append(reply)
+        return replies
