@@ -16,10 +16,11 @@ from clients.attacks import apply_attack, is_malicious
 from clients.fashion_mnist_node import get_trainer, node_data_for, round_seed
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
+from strategies.privacy import dp_client_mod
 
 __all__ = ["app"]
 
-app = ClientApp()
+app = ClientApp(mods=[dp_client_mod])
 
 
 def _node_setup(context: Context) -> tuple[RunConfig, int, int]:

@@ -56,6 +56,10 @@ class RunConfig:
     attack: str = "none"
     malicious_fraction: float = 0.0
     attack_scale: float = 1.0
+    dp: str = "none"
+    dp_noise_multiplier: float = 0.1
+    dp_clipping_norm: float = 1.0
+    dp_target_quantile: float = 0.5
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "min_available_nodes")

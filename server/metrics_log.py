@@ -4,7 +4,9 @@ Keys of each line: ``round``, ``time`` (UNIX seconds), ``seconds`` (round wall t
 ``central`` ({loss, accuracy} of the global model on the test set), ``train`` and
 ``evaluate`` (metrics aggregated by the strategy), ``clients`` (per node:
 ``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes``
-(non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received`` (serialized message content, server view).
+(non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received``
+(serialized message content, server view), and ``dp_*`` (noise std-dev, clipping norm)
+for runs with differential privacy.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class MetricsLog:
         kept = [r for r in read_metrics(self.path) if r["round"] <= keep_through_round]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    def append(self, report: RoundReport) -> dict[str, Any]:
-        """Write ``report`` as one line and return the object written."""
+    def append(self, report: RoundReport, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``report`` (plus ``extra`` keys) as one line and return the object written."""
         clients: dict[int, dict[str, Any]] = {}
         for stage, reports in (("train", report.train_clients), ("eval", report.evaluate_clients)):
             for client in reports:
@@ -64,6 +66,7 @@ class MetricsLog:
             "failed_nodes": report.failed_nodes,
             "bytes_sent": report.bytes_sent,
             "bytes_received": report.bytes_received,
+            **(extra or {}),
         }
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")

@@ -8,11 +8,14 @@ checkpoint; ``resume=true`` continues from the newest checkpoint of the same run
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
+from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
 from server.central_evaluation import CentralEvaluator
 from server.checkpoint import (
@@ -25,9 +28,10 @@ from server.checkpoint import (
 from server.metrics_log import MetricsLog
 from server.rounds import RoundReport, run_rounds
 from server.run_directory import prepare_run_directory
+from strategies.privacy import dp_noise_stddev, wrap_with_dp
 from strategies.registry import build_strategy
 
-__all__ = ["app"]
+__all__ = ["app", "configured_strategy"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated training described by the run config."""
     cfg = RunConfig.from_mapping(dict(context.run_config))
-    strategy = build_strategy(cfg)
+    strategy = configured_strategy(cfg, grid)
     run_dir = prepare_run_directory(cfg)
     evaluator = CentralEvaluator(cfg)
     config_hash = cfg.training_hash()
@@ -57,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
         last_round = min(last_round, cfg.stop_after_round)
 
     def on_round_end(report: RoundReport) -> None:
-        line = metrics.append(report)
+        line = metrics.append(report, extra=dp_noise_stddev(strategy))
         save_checkpoint(
             run_dir,
             Checkpoint(
@@ -87,3 +91,23 @@ def main(grid: Grid, context: Context) -> None:
         on_round_end=on_round_end,
     )
     np.savez(run_dir / "final_weights.npz", *final.to_numpy_ndarrays())
+
+
+def configured_strategy(cfg: RunConfig, grid: Grid) -> Strategy:
+    """The registry's strategy for ``cfg``, wrapped for differential privacy if asked."""
+    strategy = build_strategy(cfg)
+    if cfg.dp != "none":
+        np.random.seed(cfg.seed)  # Flower's DP noise uses NumPy's global generator
+        strategy = wrap_with_dp(strategy, cfg, _sampled_clients_per_round(grid, cfg))
+    return strategy
+
+
+def _sampled_clients_per_round(grid: Grid, cfg: RunConfig, timeout: float = 600.0) -> int:
+    """Nodes the strategy will sample per round (the DP noise scale depends on it)."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < cfg.min_available_nodes:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"fewer than {cfg.min_available_nodes} nodes connected")
+        time.sleep(1.0)
+    connected = len(list(grid.get_node_ids()))
+    return max(int(connected * cfg.fraction_train), cfg.min_available_nodes)
