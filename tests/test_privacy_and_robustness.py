@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
+from loopback_grid import LoopbackGrid
 
 from clients.client_app import app as client_app
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
-from loopback_grid import LoopbackGrid
 from server.central_evaluation import CentralEvaluator
 from server.rounds import RoundReport, run_rounds
 from server.server_app import configured_strategy
