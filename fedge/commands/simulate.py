@@ -33,12 +33,17 @@ def _parse_pairs(pairs: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fedge simulate``."""
+    from data.partitioning import PartitionScheme
     from fedge.local_federation import LocalFederation
     from fedge.run_config import RunConfig
+    from strategies.registry import build_strategy
 
     values = _parse_pairs(args.set or [])
     values.setdefault("output-dir", str(Path(args.app_dir, "outputs").resolve()))
-    RunConfig.from_mapping(values)  # fail fast on bad keys or values, before Flower starts
+    # fail fast on bad keys, values, strategy or partitioning, before Flower starts
+    cfg = RunConfig.from_mapping(values)
+    build_strategy(cfg)
+    PartitionScheme(cfg.partitioner, cfg.partitioner_param)
     flwr_home = Path(args.flwr_home or Path(args.app_dir) / ".flwr-home")
     with LocalFederation(flwr_home, args.num_supernodes, args.client_cpus) as federation:
         federation.run(Path(args.app_dir), values, echo=True, timeout=args.timeout)
