@@ -16,6 +16,12 @@ from clients.attacks import apply_attack, is_malicious
 from clients.fashion_mnist_node import get_trainer, node_data_for, round_seed
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
+from strategies.compression import (
+    RESIDUAL_STATE_KEY,
+    encode_update,
+    residual_from_record,
+    residual_to_record,
+)
 from strategies.privacy import dp_client_mod
 
 __all__ = ["app"]
@@ -70,6 +76,7 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.attack != "none" and is_malicious(partition_id, num_partitions, cfg.malicious_fraction):
         rng = np.random.default_rng(round_seed(cfg.seed, server_round, partition_id))
         weights = apply_attack(cfg.attack, weights, global_weights, cfg.attack_scale, rng)
+    arrays = _encode(weights, global_weights, cfg, context)
     metrics = MetricRecord(
         {
             "train_loss": result.loss,
@@ -80,7 +87,21 @@ def train(msg: Message, context: Context) -> Message:
             "num-examples": len(data.x_train),
         }
     )
-    return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _encode(
+    weights: list[np.ndarray], global_weights: list[np.ndarray], cfg: RunConfig, context: Context
+) -> ArrayRecord:
+    """Plain weights, or the compressed delta with its residual kept in the node state."""
+    if not cfg.compression.enabled:
+        return ArrayRecord(weights)
+    stored = context.state.array_records.get(RESIDUAL_STATE_KEY)
+    record, residual = encode_update(
+        weights, global_weights, cfg.compression, residual_from_record(stored)
+    )
+    context.state[RESIDUAL_STATE_KEY] = residual_to_record(residual)
+    return record
 
 
 @app.evaluate()

@@ -10,9 +10,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from strategies.compression.config import CompressionConfig
 
 __all__ = ["RunConfig"]
 
@@ -60,6 +63,10 @@ class RunConfig:
     dp_noise_multiplier: float = 0.1
     dp_clipping_norm: float = 1.0
     dp_target_quantile: float = 0.5
+    compression_bits: int = 32
+    compression_topk: float = 1.0
+    compression_min_elements: int = 256
+    compression_error_feedback: bool = True
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "min_available_nodes")
@@ -71,8 +78,25 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if self.compression.enabled and self.dp.startswith("client-"):
+            raise ConfigError(
+                "client-side DP clipping needs full weights; turn compression off "
+                "(compression-bits=32, compression-topk=1.0) or use a server-side dp mode"
+            )
         if self.task != "fashion-mnist":
             raise ConfigError(f"unknown task {self.task!r}; available: fashion-mnist")
+
+    @property
+    def compression(self) -> CompressionConfig:
+        """How clients encode their updates (the ``compression-*`` keys)."""
+        from strategies.compression.config import CompressionConfig
+
+        return CompressionConfig(
+            bits=self.compression_bits,
+            topk_ratio=self.compression_topk,
+            min_elements=self.compression_min_elements,
+            error_feedback=self.compression_error_feedback,
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

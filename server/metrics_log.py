@@ -5,7 +5,8 @@ Keys of each line: ``round``, ``time`` (UNIX seconds), ``seconds`` (round wall t
 ``evaluate`` (metrics aggregated by the strategy), ``clients`` (per node:
 ``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes``
 (non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received``
-(serialized message content, server view), and ``dp_*`` (noise std-dev, clipping norm)
+(serialized message content, server view), ``raw_bytes_received`` (the same weights
+as dense float32), and ``dp_*`` (noise std-dev, clipping norm)
 for runs with differential privacy.
 """
 
@@ -66,6 +67,7 @@ class MetricsLog:
             "failed_nodes": report.failed_nodes,
             "bytes_sent": report.bytes_sent,
             "bytes_received": report.bytes_received,
+            "raw_bytes_received": report.raw_bytes_received,
             **(extra or {}),
         }
         with self.path.open("a") as handle:

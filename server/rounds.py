@@ -15,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.wire import messages_bytes
+from strategies.compression import UpdateDecodeError, decode_update_record, is_encoded_update
 from strategies.non_finite import split_non_finite
 
-__all__ = ["ClientReport", "RoundReport", "run_rounds"]
+__all__ = ["ClientReport", "RoundReport", "decode_replies", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class RoundReport:
     failed_nodes: list[int] = field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
+    raw_bytes_received: int = 0
 
 
 def _sort_key(message: Message) -> tuple[float, int]:
@@ -72,6 +75,35 @@ def _client_reports(replies: list[Message]) -> list[ClientReport]:
                 metrics.update(record)
             reports.append(ClientReport(reply.metadata.src_node_id, metrics))
     return reports
+
+
+def decode_replies(
+    replies: list[Message], global_arrays: ArrayRecord
+) -> tuple[list[Message], list[Message]]:
+    """Turn compressed-delta replies into plain weights; split off undecodable ones."""
+    kept: list[Message] = []
+    rejected: list[Message] = []
+    for reply in replies:
+        record = reply.content.array_records.get("arrays") if reply.has_content() else None
+        if record is not None and is_encoded_update(record):
+            try:
+                reply.content.array_records["arrays"] = decode_update_record(record, global_arrays)
+            except UpdateDecodeError as err:
+                log.warning("rejected update from node %s: %s", reply.metadata.src_node_id, err)
+                rejected.append(reply)
+                continue
+        kept.append(reply)
+    return kept, rejected
+
+
+def _dense_bytes(replies: list[Message]) -> int:
+    """What the replies' weights would take as dense float32 (the uncompressed size)."""
+    total = 0
+    for reply in replies:
+        if reply.has_content():
+            for record in reply.content.array_records.values():
+                total += sum(int(np.prod(a.shape)) * 4 for a in record.values())
+    return total
 
 
 def _exchange(
@@ -106,8 +138,10 @@ def run_rounds(
         report.bytes_sent += sent
         report.bytes_received += received
         report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
+        replies, undecodable = decode_replies(replies, arrays)
+        report.raw_bytes_received += _dense_bytes(replies)
         kept, rejected = split_non_finite(replies)
-        report.rejected_nodes = [r.metadata.src_node_id for r in rejected]
+        report.rejected_nodes = [r.metadata.src_node_id for r in undecodable + rejected]
         report.train_clients = _client_reports(kept)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, kept)
         if new_arrays is not None:
