@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedge.commands.simulate",
     "fedge.commands.models",
     "fedge.commands.edge",
+    "fedge.commands.compare",
 )
 
 
