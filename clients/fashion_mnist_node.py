@@ -21,9 +21,6 @@ from models.training import LocalTrainer, to_model_input
 
 __all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
 
-VALIDATION_SHARE = 0.2
-
-
 @dataclass(frozen=True)
 class NodeData:
     """One partition: training and local validation arrays (model input form)."""
@@ -48,11 +45,13 @@ def load_node_data(
     num_partitions: int,
     seed: int,
     max_train_samples: int = 0,
+    validation_share: float = 0.2,
 ) -> NodeData:
     """Load the data set, partition it and return partition ``partition_id``.
 
-    The last ``VALIDATION_SHARE`` of the (shuffled) partition is kept for local
-    evaluation. ``max_train_samples`` > 0 caps the training part.
+    The last ``validation_share`` of the (shuffled) partition is kept for local
+    evaluation (0: the client evaluates on its training data). ``max_train_samples`` > 0
+    caps the training part.
     """
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(
@@ -61,7 +60,7 @@ def load_node_data(
     dataset = load_fashion_mnist(data_dir or None)
     parts = partition_indices(dataset.y_train, num_partitions, scheme, seed)
     own = np.random.default_rng(seed + partition_id).permutation(parts[partition_id])
-    n_val = int(len(own) * VALIDATION_SHARE) if len(own) >= 5 else 0
+    n_val = int(len(own) * validation_share) if len(own) >= 5 else 0
     train_idx, val_idx = own[: len(own) - n_val], own[len(own) - n_val :]
     if max_train_samples > 0:
         train_idx = train_idx[:max_train_samples]
@@ -90,5 +89,11 @@ def node_data_for(cfg: RunConfig, partition_id: int, num_partitions: int) -> Nod
     """``load_node_data`` with the run config's data settings."""
     scheme = PartitionScheme(cfg.partitioner, cfg.partitioner_param)
     return load_node_data(
-        cfg.data_dir, scheme, partition_id, num_partitions, cfg.seed, cfg.max_train_samples
+        cfg.data_dir,
+        scheme,
+        partition_id,
+        num_partitions,
+        cfg.seed,
+        cfg.max_train_samples,
+        cfg.validation_share,
     )

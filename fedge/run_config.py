@@ -40,6 +40,7 @@ class RunConfig:
     seed: int = 0
     data_dir: str = "sample"
     max_train_samples: int = 0
+    validation_share: float = 0.2
     output_dir: str = "outputs"
     run_name: str = ""
     resume: bool = False
@@ -76,6 +77,8 @@ class RunConfig:
         for name in ("fraction_train", "fraction_evaluate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ConfigError(f"validation-share must lie in [0, 1), got {self.validation_share}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.compression.enabled and self.dp.startswith("client-"):
