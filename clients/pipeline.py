@@ -188,7 +188,9 @@ class Pipeline:
     thread each) or ``None`` (stage skipped); ``store`` and ``selector`` are optional
     too. Accepted hard cases are published on ``feed``. Iterating yields a
     ``PipelineOutput`` per frame, in capture order; an exception in any stage stops
-    the pipeline and is raised from the iteration.
+    the pipeline and is raised from the iteration. At most ``2 * workers + queue_size``
+    frames are in flight at once; the live FPS and latencies average the last
+    ``window`` frames.
     """
 
     def __init__(
