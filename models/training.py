@@ -3,52 +3,67 @@
 What makes it fast
 ------------------
 Keras' ``Model.fit`` pays a large fixed cost per call (compile, data adapter, callbacks,
-retracing) and per batch (a Python round trip); a federated client calls it on small
-data every round. ``LocalTrainer`` builds the model, the optimizer state and the graph
+tracing) and per batch (a Python round trip); a federated client calls it on small data
+every round. ``LocalTrainer`` builds the model, the optimizer state and its graph
 functions once per process and reuses them every round:
 
 - **one graph call per epoch**: the whole epoch (gather a batch, forward, loss,
-  backward, SGD-with-momentum update) is one ``tf.function`` with an in-graph
-  ``tf.range`` loop, so Python is entered once per epoch, not once per batch;
-- **oneDNN kernels, no XLA**: on x86 CPUs without AVX-512 (this one: AMD EPYC, AVX2)
-  TensorFlow leaves oneDNN *off* by default and runs convolutions on Eigen, which
-  for this small CNN is 3-8x slower (conv 5x5 with one input channel: ~2.4 ms vs
-  ~0.5 ms per batch of 32). Importing this module turns oneDNN on
-  (``TF_ENABLE_ONEDNN_OPTS=1``, only if TensorFlow is not imported yet and the
-  variable is unset). XLA is not used: XLA:CPU lowers the backward convolutions to
-  naive loops (5-6 ms per batch for conv2's input and filter gradients), so a jitted
-  step or a jitted epoch loop is 3x slower than the oneDNN graph;
-- **nothing retraces between rounds**: the learning rate, the FedProx weight and the
-  global weights are ``tf.Variable`` s; the batch size is the only trace key;
-- **batches are gathered in the graph** from the whole partition with ``tf.gather``
-  (about 1% of a step; pre-shuffled contiguous slices measured the same).
+  backward, update) is one ``tf.function`` with an in-graph ``tf.range`` loop, so
+  Python is entered once per epoch, not once per batch; evaluation likewise;
+- **oneDNN kernels**: on x86 CPUs without AVX-512 (this AMD EPYC has AVX2) TensorFlow
+  leaves oneDNN *off* and runs convolutions and pooling on Eigen, 2-8x slower for this
+  CNN (conv 5x5 on one input channel, batch 32: ~2.4 ms vs ~0.5 ms). Importing this
+  module sets ``TF_ENABLE_ONEDNN_OPTS=1`` unless the variable is set or TensorFlow is
+  already imported (it is read once, when TensorFlow loads), so import it first;
+  ``onednn_enabled()`` tells, and the trainer logs a warning when it is off;
+- **no XLA**: XLA:CPU lowers conv2's input and filter gradients to naive loops
+  (5-6 ms per batch of 32), so an XLA-jitted step ran at ~2.5k samples/s and a
+  jitted epoch loop at ~1.2k, against ~6-7k for this graph, in the same process;
+- **one update kernel per variable**: ``ResourceApplyKerasMomentum`` is Keras' SGD rule
+  in one op, instead of five;
+- **nothing retraces between rounds**: learning rate, FedProx weight and global weights
+  are variables; a trace is keyed by batch size and whether FedProx is on.
 
-The algorithm is plain minibatch SGD with momentum, exactly Keras' ``SGD`` update
-(``m = momentum * m - lr * g; w = w + m``), on the batches of a seeded permutation
-per epoch, the last batch possibly smaller; the momentum buffers start at zero in
-every ``fit`` call. With ``proximal_mu`` > 0 the FedProx gradient
-``mu * (w - w_global)`` is added to ``g``.
+Measured and rejected (same process, A/B): pre-shuffled contiguous batches instead of
+``tf.gather`` (no difference: the gather is ~1% of a step), ``tf.data`` in the loop
+(~20% slower), ``mixed_bfloat16`` (~6x slower: no bf16 hardware), keeping the data as
+a cached constant across rounds (converting 15k samples costs ~20 ms, <1% of a round),
+two intra-op threads (fewer samples per CPU-second; see ``set_cpu_threads``).
 
 What limits it
 --------------
-At batch 32 a step is ~50 small kernels; the time goes to the convolutions and
-pooling (conv1 forward and filter gradient with one input channel, conv2's input
-gradient, the first max-pool gradient: together ~75% of a step), which oneDNN runs
-at 10-35 GFLOP/s on one core because the tensors are tiny (6 and 16 channels).
-Training this CNN costs ~1.5 MFLOP per sample, so 10k samples/s needs ~15 GFLOP/s
-sustained. See ``benchmarks/train_speed.py`` for measured figures.
+A training step at batch 32 is ~60 small kernels. One-thread oneDNN timings
+(medians, ``ONEDNN_VERBOSE``): conv2 input gradient 0.73 ms (13 GFLOP/s), conv1
+forward on one input channel 0.52 ms (11 GFLOP/s), first max-pool forward+backward
+0.38 ms, conv1 filter gradient 0.29 ms, conv2 forward and filter gradient 0.21 ms
+each (~47 GFLOP/s), dense layers ~0.2 ms; the other TensorFlow kernels and the
+executor ~0.8 ms. With 6 and 16 channels the tensors are too narrow for AVX2 to run
+near its peak (~78 GFLOP/s per 2.45 GHz core): training costs 1.52 MFLOP per sample,
+and a step reaches ~13-15 GFLOP/s, i.e. ~9-10k samples per CPU-second at batch 32 and
+somewhat more at 64. Throughput thus scales with free cores, not with the code: two
+one-thread processes on two idle cores do about twice that. Figures: see
+``benchmarks/train_speed.py``.
+
+The algorithm
+-------------
+Plain minibatch SGD with momentum, exactly Keras' ``SGD`` (``v = momentum * v - lr *
+g; w = w + v``; not Nesterov), on the batches of a seeded permutation per epoch, the
+last batch possibly smaller, the loss being the batch mean of the cross-entropy; the
+velocity starts at zero in every ``fit``. With ``proximal_mu`` > 0 the FedProx
+gradient ``mu * (w - w_global)`` is added to ``g``.
 
 Determinism
 -----------
-Two runs with the same starting weights, data, seed and thread settings give
-bit-identical weights, also in fresh processes; ``tf.config.experimental.
-enable_op_determinism()`` is not needed on CPU for these kernels. Results do depend
-on the number of intra-op threads and on whether oneDNN is on, so a resumed run must
-use the same settings as the original one.
+The same starting weights, data, seed and settings give bit-identical weights, also
+in a fresh process. ``tf.config.experimental.enable_op_determinism()`` is not needed
+for that on CPU (it cost ~5-10% and changes the numbers). The numbers do depend on the
+number of intra-op threads and on oneDNN being on, so a resumed run must use the same
+settings as the run it resumes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -75,6 +90,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 1000
+_INDEX_SPEC = tf.TensorSpec([None], tf.int32)  # labels, and the epoch's sample order
+
+GraphResult = tuple[tf.Tensor, tf.Tensor]  # (loss sum, correct predictions)
+
+
+def _samples_spec(sample_shape: tuple[int, ...]) -> tf.TensorSpec:
+    return tf.TensorSpec([None, *sample_shape], tf.float32)
 
 
 @dataclass(frozen=True)
@@ -151,7 +173,7 @@ class LocalTrainer:
     def __init__(self, build_model: Callable[[], tf.keras.Model], momentum: float = 0.0) -> None:
         if not onednn_enabled():
             log.warning(
-                "oneDNN is off (%s=%r): convolutions run 3-8x slower; import "
+                "oneDNN is off (%s=%r): convolutions run several times slower; import "
                 "models.training before TensorFlow or set %s=1",
                 ONEDNN_ENV,
                 os.environ.get(ONEDNN_ENV),
@@ -165,8 +187,7 @@ class LocalTrainer:
         self._momentum = tf.constant(self.momentum, dtype=tf.float32)
         self._lr = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         self._mu = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-        self._train_epoch = tf.function(self._epoch, reduce_retracing=True)
-        self._eval_all = tf.function(self._evaluate, reduce_retracing=True)
+        self._graphs: dict[tuple[object, ...], Callable[..., GraphResult]] = {}
 
     # -- weights -------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -191,7 +212,33 @@ class LocalTrainer:
         self.model.set_weights(list(weights))
 
     # -- graph functions -----------------------------------------------------------
-    def _step(self, x: tf.Tensor, y: tf.Tensor, proximal: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _train_graph(
+        self, sample_shape: tuple[int, ...], batch_size: int, proximal: bool
+    ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], GraphResult]:
+        """``_epoch`` as a graph for these options, traced once for any partition size.
+
+        The input signature leaves the number of samples open, so partitions of every
+        size share one trace (and the same kernels) whatever the order of the calls.
+        """
+        key = ("train", sample_shape, batch_size, proximal)
+        if key not in self._graphs:
+            body = functools.partial(self._epoch, batch_size=batch_size, proximal=proximal)
+            signature = [_samples_spec(sample_shape), _INDEX_SPEC, _INDEX_SPEC]
+            self._graphs[key] = tf.function(body, input_signature=signature)
+        return self._graphs[key]
+
+    def _evaluate_graph(
+        self, sample_shape: tuple[int, ...], batch_size: int
+    ) -> Callable[[tf.Tensor, tf.Tensor], GraphResult]:
+        """``_evaluate`` as a graph, traced once for any number of samples."""
+        key = ("evaluate", sample_shape, batch_size)
+        if key not in self._graphs:
+            body = functools.partial(self._evaluate, batch_size=batch_size)
+            signature = [_samples_spec(sample_shape), _INDEX_SPEC]
+            self._graphs[key] = tf.function(body, input_signature=signature)
+        return self._graphs[key]
+
+    def _step(self, x: tf.Tensor, y: tf.Tensor, proximal: bool) -> GraphResult:
         """One SGD-with-momentum update on batch ``(x, y)``; returns loss sum, hits."""
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
@@ -221,7 +268,7 @@ class LocalTrainer:
 
     def _epoch(
         self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch_size: int, proximal: bool
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> GraphResult:
         """All batches of one epoch in ``order``, in one graph loop."""
         n = tf.shape(order)[0]
         num_batches = (n + batch_size - 1) // batch_size
@@ -234,7 +281,7 @@ class LocalTrainer:
             hits_total += hits
         return loss_total, hits_total
 
-    def _evaluate(self, x: tf.Tensor, y: tf.Tensor, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    def _evaluate(self, x: tf.Tensor, y: tf.Tensor, batch_size: int) -> GraphResult:
         """Loss sum and hits over ``x`` in chunks of ``batch_size``."""
         n = tf.shape(x)[0]
         loss_total = tf.constant(0.0)
@@ -290,12 +337,13 @@ class LocalTrainer:
                 start.assign(var)
         xt = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
         yt = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
+        train_epoch = self._train_graph(tuple(xt.shape[1:]), int(batch_size), proximal)
         rng = np.random.default_rng(seed)
         loss_sum = hits = 0.0
         start_time = time.perf_counter()
         for _ in range(epochs):
             order = tf.constant(rng.permutation(len(x)), dtype=tf.int32)
-            loss, correct = self._train_epoch(xt, yt, order, int(batch_size), proximal)
+            loss, correct = train_epoch(xt, yt, order)
             loss_sum += float(loss)
             hits += float(correct)
         seconds = time.perf_counter() - start_time
@@ -318,5 +366,6 @@ class LocalTrainer:
             raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
         xt = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
         yt = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
-        loss_sum, hits = self._eval_all(xt, yt, int(batch_size))
+        evaluate_all = self._evaluate_graph(tuple(xt.shape[1:]), int(batch_size))
+        loss_sum, hits = evaluate_all(xt, yt)
         return float(loss_sum) / len(x), float(hits) / len(x)
