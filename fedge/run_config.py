@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from fedge.errors import ConfigError
 if TYPE_CHECKING:
     from strategies.compression.config import CompressionConfig
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "parse_set_pairs"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,18 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{key} must be a number, got {value!r}") from err
     return str(value)
+
+
+def parse_set_pairs(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["lr=0.1", "data-dir=sample"]`` → ``{"lr": 0.1, "data-dir": "sample"}`` (TOML values,
+    bare words as strings)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    return values

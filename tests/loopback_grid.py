@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["LoopbackGrid"]
+__all__ = ["LoopbackGrid", "run_loopback_rounds"]
 
 
 class LoopbackGrid(Grid):
@@ -68,3 +68,36 @@ class LoopbackGrid(Grid):
             reply = self._app(message, self._contexts[node_id])
             replies.append(reply)
         return replies
+
+
+def run_loopback_rounds(
+    run_config: Any, num_nodes: int, rounds: int
+) -> tuple[list[Any], list[Any], list[Any], Any]:
+    """Run ``rounds`` real rounds of the app's ClientApp and strategy over a LoopbackGrid.
+
+    Returns (initial weights, final weights, round reports, the strategy).
+    """
+    from flwr.app import ConfigRecord
+
+    from clients.client_app import app as client_app
+    from server.central_evaluation import CentralEvaluator
+    from server.rounds import run_rounds
+    from server.server_app import configured_strategy
+
+    grid = LoopbackGrid(client_app, num_nodes, run_config.to_mapping())
+    strategy = configured_strategy(run_config, grid)
+    evaluator = CentralEvaluator(run_config)
+    initial = evaluator.initial_arrays()
+    reports: list[Any] = []
+    final = run_rounds(
+        strategy,
+        grid,
+        initial,
+        first_round=1,
+        last_round=rounds,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=evaluator,
+        on_round_end=reports.append,
+    )
+    return initial.to_numpy_ndarrays(), final.to_numpy_ndarrays(), reports, strategy

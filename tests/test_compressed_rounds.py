@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from flwr.app import ConfigRecord
-from loopback_grid import LoopbackGrid
+from loopback_grid import run_loopback_rounds
 
-from clients.client_app import app as client_app
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
-from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
-from server.server_app import configured_strategy
+from server.rounds import RoundReport
 
 NUM_NODES = 4
 
 
 def _run(cfg: RunConfig, rounds: int = 3) -> list[RoundReport]:
-    grid = LoopbackGrid(client_app, NUM_NODES, cfg.to_mapping())
-    evaluator = CentralEvaluator(cfg)
-    reports: list[RoundReport] = []
-    run_rounds(
-        configured_strategy(cfg, grid),
-        grid,
-        evaluator.initial_arrays(),
-        first_round=1,
-        last_round=rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluator,
-        on_round_end=reports.append,
-    )
-    return reports
+    return run_loopback_rounds(cfg, NUM_NODES, rounds)[2]
 
 
 def test_8bit_deltas_keep_accuracy_and_send_at_most_30_percent_of_the_bytes() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from loopback_grid import LoopbackGrid
+from loopback_grid import LoopbackGrid, run_loopback_rounds
 
 from clients.client_app import app as client_app
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
 from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
+from server.rounds import RoundReport
 from server.server_app import configured_strategy
 from strategies.privacy import dp_noise_stddev
 
@@ -19,22 +19,8 @@ NUM_NODES = 5
 
 
 def _rounds(cfg: RunConfig, rounds: int) -> tuple[list[np.ndarray], list[RoundReport], object]:
-    grid = LoopbackGrid(client_app, NUM_NODES, cfg.to_mapping())
-    strategy = configured_strategy(cfg, grid)
-    evaluator = CentralEvaluator(cfg)
-    reports: list[RoundReport] = []
-    final = run_rounds(
-        strategy,
-        grid,
-        evaluator.initial_arrays(),
-        first_round=1,
-        last_round=rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluator,
-        on_round_end=reports.append,
-    )
-    return final.to_numpy_ndarrays(), reports, strategy
+    _, final, reports, strategy = run_loopback_rounds(cfg, NUM_NODES, rounds)
+    return final, reports, strategy
 
 
 def test_client_side_fixed_clipping_bounds_every_update_norm() -> None:

@@ -6,14 +6,11 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
-from loopback_grid import LoopbackGrid
+from loopback_grid import run_loopback_rounds
 
-from clients.client_app import app as client_app
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
-from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
+from server.rounds import RoundReport
 from strategies.registry import STRATEGIES, UnknownStrategyError, build_strategy
 
 NUM_NODES = 5  # Bulyan needs n >= 4f + 3 with f = 0 → 3; Krum needs n > 2f + 2
@@ -22,21 +19,8 @@ NUM_NODES = 5  # Bulyan needs n >= 4f + 3 with f = 0 → 3; Krum needs n > 2f + 
 def _run(
     cfg: RunConfig, rounds: int = 2
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[RoundReport]]:
-    evaluator = CentralEvaluator(cfg)
-    initial = evaluator.initial_arrays()
-    reports: list[RoundReport] = []
-    final = run_rounds(
-        build_strategy(cfg),
-        LoopbackGrid(client_app, NUM_NODES, cfg.to_mapping()),
-        initial,
-        first_round=1,
-        last_round=rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluator,
-        on_round_end=reports.append,
-    )
-    return initial.to_numpy_ndarrays(), final.to_numpy_ndarrays(), reports
+    initial, final, reports, _ = run_loopback_rounds(cfg, NUM_NODES, rounds)
+    return initial, final, reports
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

@@ -9,36 +9,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 __all__ = ["register"]
-
-
-def _parse_pairs(pairs: list[str]) -> dict[str, Any]:
-    import tomllib
-
-    from fedge.errors import ConfigError
-
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.strip()] = raw
-    return values
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fedge simulate``."""
     from data.partitioning import PartitionScheme
     from fedge.local_federation import LocalFederation
-    from fedge.run_config import RunConfig
+    from fedge.run_config import RunConfig, parse_set_pairs
     from strategies.registry import build_strategy
 
-    values = _parse_pairs(args.set or [])
+    values = parse_set_pairs(args.set or [])
     values.setdefault("output-dir", str(Path(args.app_dir, "outputs").resolve()))
     # fail fast on bad keys, values, strategy or partitioning, before Flower starts
     cfg = RunConfig.from_mapping(values)

@@ -22,14 +22,14 @@ import json
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data.partitioning import PartitionScheme, parse_partition_scheme
 from fedge.errors import ConfigError, FedgeError
-from fedge.run_config import RunConfig
+from fedge.run_config import RunConfig, parse_set_pairs
 from server.metrics_log import METRICS_FILE, read_metrics
 
 __all__ = [
@@ -239,21 +239,6 @@ def _checkpoint_hash(run_dir: Path) -> str | None:
         return str(json.loads((run_dir / "checkpoints" / "latest.json").read_text())["config_hash"])
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
-
-
-def parse_set_pairs(pairs: Iterable[str]) -> dict[str, Any]:
-    """``["lr=0.1", "data-dir=sample"]`` → ``{"lr": 0.1, "data-dir": "sample"}`` (TOML values,
-    bare words as strings)."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.strip()] = raw
-    return values
 
 
 def load_grid_values(config: Path | None, flags: Mapping[str, Any]) -> dict[str, Any]:
