@@ -147,9 +147,30 @@ class LocalFederation:
                 pids.append(int(entry.name))
         return pids
 
+    def leftover_pids(self) -> list[int]:
+        """PIDs of every live process started for this home (SuperLink, simulation, Ray).
+
+        Ray's workers are re-parented away from the SuperLink's process tree, so they
+        are found by the ``FLWR_HOME`` they inherited instead.
+        """
+        marker = f"FLWR_HOME={self.flwr_home}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ and not _is_zombie(int(entry.name)):
+                pids.append(int(entry.name))
+        return pids
+
     def close(self, grace: float = 10.0) -> None:
-        """Stop the managed SuperLink (and its process group) started for this home."""
+        """Stop the managed SuperLink and everything it started for this home."""
         for pid in self.superlink_pids():
+            _terminate_group(pid, grace)
+        for pid in self.leftover_pids():
             _terminate_group(pid, grace)
 
     def __enter__(self) -> LocalFederation:

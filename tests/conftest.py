@@ -36,3 +36,4 @@ def local_federation(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
     finally:
         federation.close()
         assert federation.superlink_pids() == [], "managed SuperLink still running"
+        assert federation.leftover_pids() == [], "processes of the federation still running"
