@@ -11,8 +11,9 @@ functions once per process and reuses them every round:
   backward, update) is one ``tf.function`` with an in-graph ``tf.range`` loop, so
   Python is entered once per epoch, not once per batch; evaluation likewise;
 - **oneDNN kernels**: on x86 CPUs without AVX-512 (this AMD EPYC has AVX2) TensorFlow
-  leaves oneDNN *off* and runs convolutions and pooling on Eigen, 2-8x slower for this
-  CNN (conv 5x5 on one input channel, batch 32: ~2.4 ms vs ~0.5 ms). Importing this
+  leaves oneDNN *off* and runs convolutions and pooling on Eigen, 2-10x slower per
+  kernel for this CNN (conv 5x5 on one input channel, batch 32: ~2.4 ms vs ~0.5 ms;
+  conv2's input gradient about equal), ~2x slower per step. Importing this
   module sets ``TF_ENABLE_ONEDNN_OPTS=1`` unless the variable is set or TensorFlow is
   already imported (it is read once, when TensorFlow loads), so import it first;
   ``onednn_enabled()`` tells, and the trainer logs a warning when it is off;
@@ -20,7 +21,7 @@ functions once per process and reuses them every round:
   (5-6 ms per batch of 32), so an XLA-jitted step ran at ~2.5k samples/s and a
   jitted epoch loop at ~1.2k, against ~6-7k for this graph, in the same process;
 - **one update kernel per variable**: ``ResourceApplyKerasMomentum`` is Keras' SGD rule
-  in one op, instead of five;
+  in one op instead of five (bit-identical weights; the gain is within the noise);
 - **nothing retraces between rounds**: learning rate, FedProx weight and global weights
   are variables; a trace is keyed by batch size and whether FedProx is on.
 
@@ -39,9 +40,10 @@ forward on one input channel 0.52 ms (11 GFLOP/s), first max-pool forward+backwa
 each (~47 GFLOP/s), dense layers ~0.2 ms; the other TensorFlow kernels and the
 executor ~0.8 ms. With 6 and 16 channels the tensors are too narrow for AVX2 to run
 near its peak (~78 GFLOP/s per 2.45 GHz core): training costs 1.52 MFLOP per sample,
-and a step reaches ~13-15 GFLOP/s, i.e. ~9-10k samples per CPU-second at batch 32 and
-somewhat more at 64. Throughput thus scales with free cores, not with the code: two
-one-thread processes on two idle cores do about twice that. Figures: see
+and a step reaches ~12-15 GFLOP/s, i.e. ~8-10k samples per CPU-second at batch 32 and
+~9.5k at 64, on one thread. A second intra-op thread buys less than it costs (~5.5k
+samples per CPU-second), so throughput comes from one process per free core: two
+one-thread processes on two idle cores should do about twice that. Figures: see
 ``benchmarks/train_speed.py``.
 
 The algorithm
