@@ -26,6 +26,7 @@ from fedge.errors import FedgeError
 __all__ = ["LocalFederation", "format_run_config", "free_port"]
 
 CONNECTION = "fedge-sim"
+SUPERLINK_START_FAILURE = "Failed to start local SuperLink"
 
 
 def free_port() -> int:
@@ -98,8 +99,30 @@ class LocalFederation:
         timeout: float = 1800.0,
         log_path: Path | None = None,
         echo: bool = False,
+        start_attempts: int = 3,
     ) -> str:
-        """Run the app to completion and return its log; non-zero exit → ``FedgeError``."""
+        """Run the app to completion and return its log; a failed run → ``FedgeError``.
+
+        ``flwr`` gives its managed SuperLink 15 s to start; on a loaded machine that can
+        be too short, so a run that failed only because of that is retried.
+        """
+        for attempt in range(1, start_attempts + 1):
+            code, log = self._run_once(app_dir, run_config, timeout, echo)
+            if SUPERLINK_START_FAILURE not in log or attempt == start_attempts:
+                break
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(log)
+        # `flwr run --stream` exits 0 even when the ServerApp fails: read the log too
+        failed = code != 0 or "An unhandled exception occurred" in log or "Exit Code:" in log
+        if failed:
+            tail = "\n".join(log.splitlines()[-15:])
+            raise FedgeError(f"`flwr run` failed (exit {code}):\n{tail}")
+        return log
+
+    def _run_once(
+        self, app_dir: Path, run_config: Mapping[str, Any], timeout: float, echo: bool
+    ) -> tuple[int, str]:
         flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
         command = [flwr, "run", str(app_dir), CONNECTION, "--stream"]
         if run_config:
@@ -122,15 +145,7 @@ class LocalFederation:
                     proc.kill()
                     break
             code = proc.wait()
-        log = "".join(lines)
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text(log)
-        failed = code != 0 or "An unhandled exception occurred" in log or "Exit Code:" in log
-        if failed:
-            tail = "\n".join(log.splitlines()[-15:])
-            raise FedgeError(f"`flwr run` failed (exit {code}):\n{tail}")
-        return log
+        return code, "".join(lines)
 
     def superlink_pids(self) -> list[int]:
         """PIDs of ``flower-superlink`` processes serving this federation's ports."""

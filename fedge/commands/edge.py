@@ -214,7 +214,13 @@ def _run(args: argparse.Namespace) -> int:
     console = EdgeConsole(args.source, quiet=args.quiet)
     pipeline = Pipeline(capture, pose=pose, detector=detector, store=store, selector=selector)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    # Ctrl-C and SIGTERM stop the agent cleanly, also where SIGINT was ignored at start
+    # (a process launched in the background by a non-interactive shell)
+    previous = (
+        {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
     interrupted = False
     try:
         with console, pipeline:
@@ -239,8 +245,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for sink in (jsonl, video, window, store):
             if sink is not None:
                 sink.close()
