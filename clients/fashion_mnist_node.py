@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from data.fashion_mnist import load_fashion_mnist
+from data.fashion_mnist import FashionMnist, load_fashion_mnist
 from data.partitioning import PartitionScheme, partition_indices
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
@@ -20,6 +20,7 @@ from models.cnn import build_cnn
 from models.training import LocalTrainer, to_model_input
 
 __all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
+
 
 @dataclass(frozen=True)
 class NodeData:
@@ -38,6 +39,17 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 @lru_cache(maxsize=4)
+def _partitioned(
+    data_dir: str, scheme: PartitionScheme, num_partitions: int, seed: int
+) -> tuple[FashionMnist, list[np.ndarray]]:
+    """The data set and every partition's indices, computed once per process."""
+    dataset = load_fashion_mnist(data_dir or None)
+    return dataset, partition_indices(dataset.y_train, num_partitions, scheme, seed)
+
+
+# One worker process serves many partitions in a simulation: keep them all (a full
+# Fashion-MNIST partition of 10 is ~20 MB in model-input form).
+@lru_cache(maxsize=64)
 def load_node_data(
     data_dir: str,
     scheme: PartitionScheme,
@@ -57,8 +69,7 @@ def load_node_data(
         raise ConfigError(
             f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)"
         )
-    dataset = load_fashion_mnist(data_dir or None)
-    parts = partition_indices(dataset.y_train, num_partitions, scheme, seed)
+    dataset, parts = _partitioned(data_dir, scheme, num_partitions, seed)
     own = np.random.default_rng(seed + partition_id).permutation(parts[partition_id])
     n_val = int(len(own) * validation_share) if len(own) >= 5 else 0
     train_idx, val_idx = own[: len(own) - n_val], own[len(own) - n_val :]
