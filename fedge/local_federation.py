@@ -23,7 +23,7 @@ from typing import Any
 
 from fedge.errors import FedgeError
 
-__all__ = ["LocalFederation", "format_run_config", "free_port"]
+__all__ = ["LocalFederation", "format_run_config", "free_port", "processes_of_flwr_home"]
 
 CONNECTION = "fedge-sim"
 SUPERLINK_START_FAILURE = "Failed to start local SuperLink"
@@ -72,7 +72,7 @@ class LocalFederation:
             f"[superlink.{CONNECTION}]\n"
             'address = ":local:"\n'
             f"options.num-supernodes = {num_supernodes}\n"
-            f"options.backend.client-resources.num-cpus = {client_cpus}\n"
+            f"options.backend.client-resources.num-cpus = {int(client_cpus)}\n"
         )
 
     @property
@@ -163,23 +163,8 @@ class LocalFederation:
         return pids
 
     def leftover_pids(self) -> list[int]:
-        """PIDs of every live process started for this home (SuperLink, simulation, Ray).
-
-        Ray's workers are re-parented away from the SuperLink's process tree, so they
-        are found by the ``FLWR_HOME`` they inherited instead.
-        """
-        marker = f"FLWR_HOME={self.flwr_home}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if marker in environ and not _is_zombie(int(entry.name)):
-                pids.append(int(entry.name))
-        return pids
+        """PIDs of every live process started for this home (SuperLink, simulation, Ray)."""
+        return processes_of_flwr_home(self.flwr_home)
 
     def close(self, grace: float = 10.0) -> None:
         """Stop the managed SuperLink and everything it started for this home."""
@@ -198,6 +183,26 @@ class LocalFederation:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def processes_of_flwr_home(flwr_home: Path) -> list[int]:
+    """PIDs of live processes whose environment sets ``FLWR_HOME`` to ``flwr_home``.
+
+    Ray's workers are re-parented away from the SuperLink's process tree, so they are
+    found by the ``FLWR_HOME`` they inherited instead.
+    """
+    marker = f"FLWR_HOME={Path(flwr_home).resolve()}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and not _is_zombie(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
 
 
 def _terminate_group(pid: int, grace: float) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import APP_DIR
 
+from fedge.local_federation import processes_of_flwr_home
 from server.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -63,3 +64,24 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_run(
     resumed = _final_weights(tmp_path / "resumed")
     worst = max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True))
     assert worst <= 1e-5, f"resumed weights differ by {worst}"
+
+
+def test_fedge_simulate_command_runs_the_app_and_leaves_no_process(tmp_path: Path) -> None:
+    # Execute: the quick-start command with defaults, shrunk to 1 round on tiny data
+    import subprocess
+    import sys
+
+    home = tmp_path / "flwr-home"
+    result = subprocess.run(
+        [sys.executable, "-m", "fedge", "simulate", "--app-dir", str(APP_DIR),
+         "--num-supernodes", "2", "--flwr-home", str(home),
+         "--set", "num-server-rounds=1", "--set", "max-train-samples=100",
+         "--set", f"output-dir={tmp_path}", "--set", "run-name=cli"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    # Assert
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    rows = read_metrics(tmp_path / "cli" / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1]
+    assert {c["partition_id"] for c in rows[0]["clients"]} == {0, 1}
+    assert processes_of_flwr_home(home) == []

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--app-dir", default=".", help="the Flower App (default: .)")
     parser.add_argument("--num-supernodes", type=int, default=4, help="simulated clients")
-    parser.add_argument("--client-cpus", type=int, default=1.0, help="CPUs per client actor")
+    parser.add_argument("--client-cpus", type=int, default=1, help="CPUs per client actor")
     parser.add_argument("--flwr-home", default=None, help="private Flower home")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds")
     parser.add_argument(
