@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from clients.capture import Capture, CaptureConfig  # noqa: E402
 from clients.detector import Detector  # noqa: E402
 from clients.hard_cases import HardCasePolicy, HardCaseSelector  # noqa: E402
@@ -282,15 +284,7 @@ def median_runs(runs: list[list[Measurement]]) -> list[Measurement]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {usable_cores()} usable cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {usable_cores()} usable cores, Python {platform.python_version()}"
 
 
 def _rows(results: list[Measurement]) -> tuple[list[list[str]], dict[str, float]]:
