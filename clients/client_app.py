@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition and reply with new weights."""
     cfg, partition_id, num_partitions = _node_setup(context)
     data = node_data_for(cfg, partition_id, num_partitions)
-    trainer = get_trainer(cfg.task, cfg.momentum)
+    trainer = get_trainer(cfg.task, cfg.momentum, cfg.cpu_threads)
     global_weights = _received_weights(msg)
     trainer.set_weights(global_weights)
     config = msg.content.config_records.get("config", {})
@@ -109,7 +109,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the local validation split."""
     cfg, partition_id, num_partitions = _node_setup(context)
     data = node_data_for(cfg, partition_id, num_partitions)
-    trainer = get_trainer(cfg.task, cfg.momentum)
+    trainer = get_trainer(cfg.task, cfg.momentum, cfg.cpu_threads)
     trainer.set_weights(_received_weights(msg))
     loss, accuracy = trainer.evaluate(data.x_val, data.y_val)
     metrics = MetricRecord(

@@ -17,7 +17,7 @@ from data.partitioning import PartitionScheme, partition_indices
 from fedge.errors import ConfigError
 from fedge.run_config import RunConfig
 from models.cnn import build_cnn
-from models.training import LocalTrainer, to_model_input
+from models.training import LocalTrainer, set_cpu_threads, to_model_input
 
 __all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
 
@@ -89,10 +89,20 @@ def load_node_data(
 
 
 @lru_cache(maxsize=2)
-def get_trainer(task: str, momentum: float) -> LocalTrainer:
-    """The process-wide trainer for ``task`` (built and traced once)."""
+def get_trainer(task: str, momentum: float, cpu_threads: int = 0) -> LocalTrainer:
+    """The process-wide trainer for ``task`` (built and traced once).
+
+    ``cpu_threads`` > 0 fixes TensorFlow's intra-op pool first (one per client process
+    is fastest when the simulation runs one client per core); it must be the first
+    TensorFlow use in the process.
+    """
     if task != "fashion-mnist":
         raise ConfigError(f"unknown task {task!r}")
+    if cpu_threads:
+        try:
+            set_cpu_threads(cpu_threads)
+        except RuntimeError as err:
+            raise ConfigError(f"cpu-threads={cpu_threads}: {err}") from err
     return LocalTrainer(lambda: build_cnn(seed=0), momentum=momentum)
 
 

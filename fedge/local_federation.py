@@ -89,6 +89,10 @@ class LocalFederation:
             # flwr starts `flower-superlink` by name: find the one of this environment
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
+        # flwr's Ray backend imports TensorFlow in every client actor before the app
+        # loads, too early for models.training to switch oneDNN on: it must come from
+        # the environment (2-5x faster convolutions on this kind of CPU).
+        env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
         return env
 
     def run(

@@ -18,7 +18,14 @@ from fedge.errors import ConfigError
 if TYPE_CHECKING:
     from strategies.compression.config import CompressionConfig
 
-__all__ = ["RunConfig", "parse_set_pairs"]
+__all__ = ["NON_TRAINING_KEYS", "RunConfig", "parse_set_pairs"]
+
+# Run-config keys that do not change what a run trains: paths, resuming, how long it
+# runs, and how many CPU threads it uses (threads change only the floating-point
+# summation order, so a bit-identical resume needs the same count; the protocol is the same).
+NON_TRAINING_KEYS = frozenset(
+    {"output-dir", "run-name", "resume", "stop-after-round", "num-server-rounds", "cpu-threads"}
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class RunConfig:
     compression_topk: float = 1.0
     compression_min_elements: int = 256
     compression_error_feedback: bool = True
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "min_available_nodes")
@@ -80,6 +88,10 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.validation_share < 1.0:
             raise ConfigError(f"validation-share must lie in [0, 1), got {self.validation_share}")
+        if self.cpu_threads < 0:
+            raise ConfigError(
+                f"cpu-threads must be >= 0 (0 = TensorFlow's choice), got {self.cpu_threads}"
+            )
         if not self.learning_rate > 0:
             raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.compression.enabled and self.dp.startswith("client-"):
@@ -122,9 +134,8 @@ class RunConfig:
         return {_key(k): v for k, v in asdict(self).items()}
 
     def training_hash(self) -> str:
-        """Hash of every knob that changes the trained weights (not paths, not resume)."""
-        ignored = {"output_dir", "run_name", "resume", "stop_after_round", "num_server_rounds"}
-        relevant = {k: v for k, v in asdict(self).items() if k not in ignored}
+        """Hash of every knob that changes the trained weights (see ``NON_TRAINING_KEYS``)."""
+        relevant = {k: v for k, v in asdict(self).items() if _key(k) not in NON_TRAINING_KEYS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

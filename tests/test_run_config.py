@@ -33,6 +33,7 @@ def test_unknown_key_is_rejected_with_the_known_keys() -> None:
         ({"batch-size": 2.5}, "batch-size must be a whole number"),
         ({"resume": "maybe"}, "resume must be true or false"),
         ({"task": "cifar"}, "unknown task"),
+        ({"cpu-threads": -1}, "cpu-threads must be >= 0"),
     ],
 )
 def test_bad_values_give_specific_errors(values: dict[str, object], message: str) -> None:
@@ -44,3 +45,8 @@ def test_training_hash_ignores_paths_but_not_hyperparameters() -> None:
     base = RunConfig()
     assert base.training_hash() == RunConfig(output_dir="/elsewhere", resume=True).training_hash()
     assert base.training_hash() != RunConfig(learning_rate=0.1).training_hash()
+
+
+def test_cpu_threads_is_an_execution_setting_not_a_training_one() -> None:
+    # A grid or checkpoint made with another thread count must still resume
+    assert RunConfig(cpu_threads=1).training_hash() == RunConfig().training_hash()

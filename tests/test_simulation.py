@@ -23,10 +23,10 @@ def test_flwr_run_trains_well_above_chance_and_logs_one_line_per_round(
     local_federation,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    # Execute: 3 rounds, 4 clients, committed slice
-    local_federation.run(
+    # Execute: 3 rounds, 4 clients, committed slice, one TensorFlow thread per client
+    log = local_federation.run(
         APP_DIR,
-        {"output-dir": str(tmp_path), "run-name": "sim", "num-server-rounds": 3},
+        {"output-dir": str(tmp_path), "run-name": "sim", "num-server-rounds": 3, "cpu-threads": 1},
         timeout=900,
     )
     # Assert
@@ -42,6 +42,8 @@ def test_flwr_run_trains_well_above_chance_and_logs_one_line_per_round(
         assert row["bytes_received"] > 0
         assert row["train"]["samples-per-second"] > 0
     assert (tmp_path / "sim" / "checkpoints" / "round-0003.npz").exists()
+    # flwr's Ray actors import TensorFlow before the app: oneDNN must still be on there
+    assert "oneDNN is off" not in log
 
 
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_run(

@@ -218,3 +218,33 @@ def test_empty_or_mismatched_data_is_rejected(fmnist: Arrays, trainer: LocalTrai
         _fit(trainer, x[:10], y[:9])
     with pytest.raises(ValueError, match="batch_size"):
         _fit(trainer, x[:10], y[:10], batch_size=0)
+
+
+CPU_THREADS_RUN = """
+import json
+import tensorflow as tf  # as flwr's Ray actors do, before the app loads
+from clients.fashion_mnist_node import get_trainer
+from fedge.errors import ConfigError
+get_trainer("fashion-mnist", 0.0, 1)
+threads = tf.config.threading.get_intra_op_parallelism_threads()
+get_trainer.cache_clear()
+get_trainer("fashion-mnist", 0.0, 1).get_weights()  # TensorFlow now runs: same count is fine
+try:
+    get_trainer("fashion-mnist", 0.5, 2)
+    late = "accepted"
+except ConfigError as err:
+    late = str(err)
+print(json.dumps({"threads": threads, "late": late}))
+"""
+
+
+def test_cpu_threads_fixes_the_pool_and_a_late_change_is_a_config_error() -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", CPU_THREADS_RUN],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["threads"] == 1
+    assert "cpu-threads=2" in out["late"] and "already running" in out["late"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from data.partitioning import PartitionScheme, parse_partition_scheme
 from fedge.errors import ConfigError, FedgeError
-from fedge.run_config import RunConfig, parse_set_pairs
+from fedge.run_config import NON_TRAINING_KEYS, RunConfig, parse_set_pairs
 from server.metrics_log import METRICS_FILE, read_metrics
 
 __all__ = [
@@ -210,7 +210,7 @@ class GridSpec:
         for cell in self.cells():
             old = _saved_run_config(self.runs_dir / cell.id)
             new = RunConfig.from_mapping(self.run_config(cell)).to_mapping()
-            keys = sorted(k for k in set(old) & set(new) - _NOT_TRAINING if old[k] != new[k])
+            keys = sorted(k for k in set(old) & set(new) - NON_TRAINING_KEYS if old[k] != new[k])
             if keys:
                 changed[cell.id] = keys
         if changed:
@@ -219,10 +219,6 @@ class GridSpec:
                 f"{self.runs_dir} already holds runs made with other settings ({details}); "
                 "use a new --out, or delete those run directories to rerun them"
             )
-
-
-# Run-config keys that do not change what a run trains (see RunConfig.training_hash).
-_NOT_TRAINING = {"output-dir", "run-name", "resume", "stop-after-round", "num-server-rounds"}
 
 
 def _saved_run_config(run_dir: Path) -> dict[str, Any]:
