@@ -25,7 +25,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from server.metrics_log import read_metrics
+from data.partitioning import parse_partition_scheme
+from fedge.compare.grid import GRID_FILE, Cell
+from server.metrics_log import METRICS_FILE, read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[1]
 RESULTS = APP_DIR / "benchmarks" / "results"
@@ -66,13 +68,10 @@ class CellResult:
     median_round_seconds: float | None  # over the last 10 rounds
 
 
-def _cell_id(strategy: str, partition: str, seed: int) -> str:
-    return f"{strategy}_{partition.replace(':', '-')}_s{seed}"
-
-
 def read_cell(runs: Path, strategy: str, partition: str, seed: int = 0) -> CellResult:
     """The progress of one cell (zero rounds if it has not started)."""
-    rows = read_metrics(runs / _cell_id(strategy, partition, seed) / "metrics.jsonl")
+    cell = Cell(strategy, parse_partition_scheme(partition), seed)
+    rows = read_metrics(runs / cell.id / METRICS_FILE)
     accuracy = [r["central"]["accuracy"] for r in rows if "central" in r]
     seconds = sorted(r["seconds"] for r in rows[-10:] if "seconds" in r)
     return CellResult(
@@ -96,9 +95,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     grid = (
-        json.loads((args.out / "grid.json").read_text())
-        if (args.out / "grid.json").is_file()
-        else {}
+        json.loads((args.out / GRID_FILE).read_text()) if (args.out / GRID_FILE).is_file() else {}
     )
     rounds = int(grid.get("rounds", ROUNDS))
     results = [
