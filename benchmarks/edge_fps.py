@@ -44,9 +44,9 @@ from clients.detector import Detector  # noqa: E402
 from clients.hard_cases import HardCasePolicy, HardCaseSelector  # noqa: E402
 from clients.pipeline import Pipeline, PoseModel  # noqa: E402
 from clients.pose import create_pose_estimator  # noqa: E402
-from clients.results import FrameResult  # noqa: E402
 from data.frame_store import FrameStore  # noqa: E402
 from fedge.commands.edge import default_pose_workers, usable_cores  # noqa: E402
+from fedge.core.records import FrameResult  # noqa: E402
 
 __all__ = ["Measurement", "main", "median_runs", "run_benchmark", "write_reports"]
 

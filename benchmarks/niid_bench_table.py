@@ -25,8 +25,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from data.partitioning import parse_partition_scheme
 from fedge.compare.grid import GRID_FILE, Cell
+from fedge.core.partition_scheme import parse_partition_scheme
 from server.metrics_log import METRICS_FILE, read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
 
 __all__ = ["ATTACKS", "apply_attack", "is_malicious"]
 

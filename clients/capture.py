@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedge.errors import CaptureError
+from fedge.core.errors import CaptureError
 
 __all__ = [
     "Capture",

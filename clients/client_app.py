@@ -14,8 +14,8 @@ from flwr.clientapp import ClientApp
 
 from clients.attacks import apply_attack, is_malicious
 from clients.fashion_mnist_node import get_trainer, node_data_for, round_seed
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 from strategies.compression import (
     RESIDUAL_STATE_KEY,
     encode_update,

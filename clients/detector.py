@@ -26,8 +26,8 @@ from clients.inference.image_tensor import RotatedRect, crop_to_tensor, normaliz
 from clients.inference.litert_model import LiteRTModel, TensorSpec
 from clients.inference.nms import non_max_suppression
 from clients.inference.ssd_decoding import BoxDecoding, Candidates, decode_ssd
-from clients.results import Detection
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
+from fedge.core.records import Detection
 
 __all__ = [
     "BLAZEFACE_SHORT_RANGE",
@@ -144,7 +144,7 @@ def load_labels(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 class Detector:
-    """Run an SSD on BGR frames and return :class:`~clients.results.Detection` boxes.
+    """Run an SSD on BGR frames and return :class:`~fedge.core.records.Detection` boxes.
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clients.results import Detection, Person
+from fedge.core.records import Detection, Person
 
 __all__ = [
     "POSE_CONNECTIONS",

@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 
 from clients.pipeline import STAGES, PipelineStats
-from clients.results import FrameResult
+from fedge.core.records import FrameResult
 
 __all__ = ["EdgeConsole"]
 

@@ -10,8 +10,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from clients.results import FrameResult
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
+from fedge.core.records import FrameResult
 
 __all__ = ["JsonlSink", "VideoSink", "WindowSink"]
 

@@ -13,9 +13,10 @@ from functools import lru_cache
 import numpy as np
 
 from data.fashion_mnist import FashionMnist, load_fashion_mnist
-from data.partitioning import PartitionScheme, partition_indices
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from data.partitioning import partition_indices
+from fedge.core.errors import ConfigError
+from fedge.core.partition_scheme import PartitionScheme
+from fedge.core.run_config import RunConfig
 from models.cnn import build_cnn
 from models.training import LocalTrainer, set_cpu_threads, to_model_input
 

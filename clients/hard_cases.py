@@ -27,7 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from clients.results import Detection, Person
+from fedge.core.geometry import box_area, intersection_area, iou_matrix
+from fedge.core.records import Detection, Person
 
 __all__ = [
     "DisagreementCheck",
@@ -129,25 +130,14 @@ class HardCaseEvent:
     reasons: tuple[str, ...]
 
 
-def _iou(a: Box, b: Box) -> float:
-    inter = _intersection(a, b)
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _inside(inner: Box, outer: Box) -> float:
-    area = _area(inner)
-    return _intersection(inner, outer) / area if area > 0 else 0.0
+    """Share of ``inner``'s area that lies inside ``outer``."""
+    area = float(box_area(np.asarray(inner)))
+    return float(intersection_area(inner, outer)[0, 0]) / area if area > 0 else 0.0
 
 
-def _area(box: Box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _intersection(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(0.0, w) * max(0.0, h)
+def _iou(a: Box, b: Box) -> float:
+    return float(iou_matrix(a, b)[0, 0])
 
 
 def _matches(check: DisagreementCheck, box: Box, pose_box: Box, threshold: float) -> bool:

@@ -32,8 +32,8 @@ import numpy as np
 
 from clients.capture import Capture, CaptureStats, Frame
 from clients.hard_cases import HardCaseEvent, HardCaseFeed, HardCaseSelector, SelectorStats
-from clients.results import Detection, FrameResult, Person
 from data.frame_store import FrameStore
+from fedge.core.records import Detection, FrameResult, Person
 
 __all__ = [
     "STAGES",

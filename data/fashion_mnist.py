@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data.samples import sample_path
-from fedge.errors import DatasetNotFoundError
+from fedge.core.errors import DatasetNotFoundError
 
 __all__ = [
     "DEBIAN_DIR",

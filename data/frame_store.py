@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from clients.results import FrameResult
-from fedge.errors import StoreError
+from fedge.core.errors import StoreError
+from fedge.core.files import atomic_write
+from fedge.core.records import FrameResult
 
 __all__ = ["FrameStore", "LabelStatus", "ReconcileReport", "StoredFrame"]
 
@@ -415,17 +416,10 @@ class FrameStore:
                 f"{self.min_free_bytes // 1024**2} MiB kept in reserve); free space or "
                 "lower --store-budget-mb"
             )
-        temp = self.root / "tmp" / (final.name + ".tmp")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                if self.fsync:
-                    os.fsync(handle.fileno())
-            os.replace(temp, final)
+            atomic_write(final, data, tmp_dir=self.root / "tmp", fsync=self.fsync)
         except OSError as err:
-            temp.unlink(missing_ok=True)
             raise StoreError(
                 f"cannot write frame to {self.root}: {err.strerror or err}; "
                 "free disk space or lower --store-budget-mb"

@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fedge.errors import FedgeError
+from fedge.core.errors import FedgeError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fedge.errors import FedgeError
+from fedge.core.errors import FedgeError
 
 __all__ = ["LocalFederation", "format_run_config", "free_port", "processes_of_flwr_home"]
 

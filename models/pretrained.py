@@ -3,7 +3,7 @@
 The three ``.tflite`` files are read out of the ``mediapipe==0.10.21`` wheel on PyPI,
 which ``pip download`` fetches (it is never installed: it pins ``protobuf<5``). Their
 sha256 digests are pinned in :data:`PRETRAINED_MODELS` and checked on every load, so a
-missing or corrupt file raises :class:`~fedge.errors.ModelError` telling the user to run
+missing or corrupt file raises :class:`~fedge.core.errors.ModelError` telling the user to run
 ``fedge models fetch``. A user may instead supply an official MediaPipe ``.task`` bundle
 (a zip of ``.tflite`` files); its members are checked against the expected tensor
 shapes and their digests are recorded in ``sources.json`` beside the models.
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
 
 __all__ = [
     "FETCH_HINT",

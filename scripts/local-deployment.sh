@@ -168,8 +168,8 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from fedge.errors import FedgeError
-from fedge.run_config import RunConfig
+from fedge.core.errors import FedgeError
+from fedge.core.run_config import RunConfig
 from server.run_directory import default_run_name
 
 app_dir, cwd, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, MetricRecord
 
 from data.fashion_mnist import load_fashion_mnist
-from fedge.run_config import RunConfig
+from fedge.core.run_config import RunConfig
 from models.cnn import build_cnn
 from models.training import LocalTrainer, to_model_input
 

@@ -12,7 +12,6 @@ half-written checkpoint behind ``latest.json``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
+from fedge.core.files import atomic_write
 
 __all__ = [
     "STATEFUL_ATTRIBUTES",
@@ -87,9 +87,9 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     payload = {f"w/{i:04d}": w for i, w in enumerate(checkpoint.weights)}
     for attr, arrays in checkpoint.state.items():
         payload.update({f"s/{attr}/{k}": v for k, v in arrays.items()})
-    _atomic_write(directory / name, lambda f: np.savez(f, **payload))
+    atomic_write(directory / name, lambda f: np.savez(f, **payload))
     meta = {"round": checkpoint.round, "file": name, "config_hash": checkpoint.config_hash}
-    _atomic_write(directory / "latest.json", lambda f: f.write(json.dumps(meta).encode()))
+    atomic_write(directory / "latest.json", lambda f: f.write(json.dumps(meta).encode()))
     return directory / name
 
 
@@ -118,12 +118,3 @@ def load_latest_checkpoint(run_dir: Path, config_hash: str) -> Checkpoint | None
                 _, attr, name = key.split("/", 2)
                 state.setdefault(attr, {})[name] = data[key]
     return Checkpoint(int(meta["round"]), weights, meta["config_hash"], state)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

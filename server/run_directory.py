@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.partitioning import PartitionScheme
-from fedge.run_config import RunConfig
+from fedge.core.partition_scheme import PartitionScheme
+from fedge.core.run_config import RunConfig
+from fedge.core.run_names import default_run_name as run_name_rule
 
 __all__ = ["default_run_name", "prepare_run_directory"]
 
@@ -14,7 +15,7 @@ __all__ = ["default_run_name", "prepare_run_directory"]
 def default_run_name(cfg: RunConfig) -> str:
     """``<strategy>_<partitioning>_s<seed>``, e.g. ``fedavg_dirichlet-0.5_s0``."""
     scheme = PartitionScheme(cfg.partitioner, cfg.partitioner_param)
-    return f"{cfg.strategy}_{scheme.label.replace(':', '-')}_s{cfg.seed}"
+    return run_name_rule(cfg.strategy, scheme, cfg.seed)
 
 
 def prepare_run_directory(cfg: RunConfig) -> Path:

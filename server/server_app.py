@@ -1,6 +1,6 @@
 """The fedge ServerApp: strategy from the registry, central evaluation, checkpoints.
 
-Run knobs come from ``[tool.flwr.app.config]`` (see ``fedge.run_config.RunConfig``).
+Run knobs come from ``[tool.flwr.app.config]`` (see ``fedge.core.run_config.RunConfig``).
 Each round appends a line to ``<output-dir>/<run-name>/metrics.jsonl`` and writes a
 checkpoint; ``resume=true`` continues from the newest checkpoint of the same run.
 """
@@ -15,8 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 from server.central_evaluation import CentralEvaluator
 from server.checkpoint import (
     Checkpoint,

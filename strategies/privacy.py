@@ -33,8 +33,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 
 __all__ = ["DP_MODES", "dp_client_mod", "dp_noise_stddev", "wrap_with_dp"]
 

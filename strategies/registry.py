@@ -26,8 +26,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 
 __all__ = ["STRATEGIES", "UnknownStrategyError", "build_strategy", "strategy_names"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clients.capture import Capture, CaptureConfig, SourceKind, classify_source
-from fedge.errors import CaptureError
+from fedge.core.errors import CaptureError
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"

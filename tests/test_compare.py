@@ -15,7 +15,7 @@ from conftest import APP_DIR
 from fedge.cli import main
 from fedge.compare import GridSpec, load_grid_values, parse_set_pairs, write_reports
 from fedge.compare.report import client_fairness, rounds_to_target
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIGS = APP_DIR / "benchmarks" / "configs"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from loopback_grid import run_loopback_rounds
 
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 from server.rounds import RoundReport
 
 NUM_NODES = 4

@@ -12,7 +12,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fedge.errors import ConfigError, FedgeError
+from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.run_config import RunConfig
 from strategies.compression import (
     RESIDUAL_STATE_KEY,
     CompressionConfig,
@@ -498,7 +499,7 @@ def test_non_finite_delta_reaches_the_server_guard_and_resets_its_residual(
 # --- configuration ----------------------------------------------------------------------
 
 
-def test_config_reads_compression_keys_and_ignores_the_rest() -> None:
+def test_run_config_reads_compression_keys() -> None:
     # Prepare
     values = {
         "compression-bits": 8,
@@ -508,8 +509,8 @@ def test_config_reads_compression_keys_and_ignores_the_rest() -> None:
         "learning-rate": 0.05,
     }
     # Execute
-    cfg = CompressionConfig.from_run_config(values)
-    default = CompressionConfig.from_run_config({})
+    cfg = RunConfig.from_mapping(values).compression
+    default = RunConfig.from_mapping({}).compression
     # Assert
     assert cfg == CompressionConfig(bits=8, topk_ratio=0.1, min_elements=64, error_feedback=False)
     assert cfg.enabled and not default.enabled
@@ -532,4 +533,4 @@ def test_config_reads_compression_keys_and_ignores_the_rest() -> None:
 )
 def test_invalid_config_raises_config_error(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        CompressionConfig.from_run_config(values)
+        RunConfig.from_mapping(values)

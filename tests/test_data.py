@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from data.fashion_mnist import FILES, find_fashion_mnist_dir, load_fashion_mnist
-from data.partitioning import PartitionScheme, parse_partition_scheme, partition_indices
-from fedge.errors import ConfigError, DatasetNotFoundError
+from data.partitioning import partition_indices
+from fedge.core.errors import ConfigError, DatasetNotFoundError
+from fedge.core.partition_scheme import PartitionScheme, parse_partition_scheme
 
 
 @pytest.fixture(scope="module")

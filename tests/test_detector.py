@@ -20,7 +20,7 @@ from clients.detector import (
 )
 from clients.inference.anchors import AnchorOptions, generate_anchors
 from clients.inference.ssd_decoding import BoxDecoding
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
 
 FACE = Path(__file__).with_name("assets") / "face_messi5_crop.jpg"
 FACE_CENTRE = (64.0, 63.0)  # pixels, measured by hand on the 128x128 crop

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clients.drawing import POSE_CONNECTIONS, annotate
-from clients.results import Detection, Person
+from fedge.core.records import Detection, Person
 
 
 def test_annotate_draws_on_a_copy() -> None:

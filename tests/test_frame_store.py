@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from clients.results import Detection, FrameResult
 from data.frame_store import FrameStore, LabelStatus
-from fedge.errors import StoreError
+from fedge.core.errors import StoreError
+from fedge.core.records import Detection, FrameResult
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
@@ -157,7 +157,7 @@ def test_opening_reconciles_leftovers_of_a_crash(tmp_path: Path, frames: list[np
 _WRITER = textwrap.dedent(
     """
     import sys, cv2, numpy as np
-    from clients.results import FrameResult
+    from fedge.core.records import FrameResult
     from data.frame_store import FrameStore
     cap = cv2.VideoCapture(sys.argv[2])
     images = [cv2.resize(cap.read()[1], (320, 240)) for _ in range(8)]
@@ -220,9 +220,9 @@ def test_disk_reserve_refuses_frame_and_keeps_what_is_stored(
 _FULL_DISK = textwrap.dedent(
     """
     import resource, signal, sys, cv2
-    from clients.results import FrameResult
+    from fedge.core.records import FrameResult
     from data.frame_store import FrameStore
-    from fedge.errors import StoreError
+    from fedge.core.errors import StoreError
     image = cv2.resize(cv2.VideoCapture(sys.argv[2]).read()[1], (320, 240))
     store = FrameStore(sys.argv[1], 10**8)
     for i in range(3):

@@ -21,7 +21,7 @@ from clients.hard_cases import (
     dhash,
     find_hard_reasons,
 )
-from clients.results import Detection, Person
+from fedge.core.records import Detection, Person
 
 CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
 POLICY = HardCasePolicy()

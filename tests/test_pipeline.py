@@ -13,9 +13,9 @@ from clients.detector import Detector
 from clients.hard_cases import HardCaseEvent, HardCaseFeed, HardCasePolicy, HardCaseSelector
 from clients.pipeline import STAGES, Pipeline, PoseModel
 from clients.pose import create_pose_estimator
-from clients.results import Detection
 from data.frame_store import FrameStore, LabelStatus
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
+from fedge.core.records import Detection
 
 CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
 

@@ -17,8 +17,8 @@ from clients.pose import (
     TasksPoseEstimator,
     create_pose_estimator,
 )
-from clients.results import Person
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
+from fedge.core.records import Person
 
 CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
 FRAME_IDS = tuple(range(0, 30, 3))  # a pedestrian close enough for BlazePose walks by

@@ -12,7 +12,7 @@ from clients.detector import Detector
 from clients.pose import LiteRTPoseEstimator
 from clients.pose.task_bundle import build_pose_task_bundle
 from fedge.cli import main
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
 from models.pretrained import (
     PRETRAINED_MODELS,
     default_wheel_dir,

@@ -8,8 +8,8 @@ from flwr.app import ConfigRecord
 from loopback_grid import LoopbackGrid, run_loopback_rounds
 
 from clients.client_app import app as client_app
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 from server.central_evaluation import CentralEvaluator
 from server.rounds import RoundReport
 from server.server_app import configured_strategy

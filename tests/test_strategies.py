@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from loopback_grid import run_loopback_rounds
 
-from fedge.errors import ConfigError
-from fedge.run_config import RunConfig
+from fedge.core.errors import ConfigError
+from fedge.core.run_config import RunConfig
 from server.rounds import RoundReport
 from strategies.registry import STRATEGIES, UnknownStrategyError, build_strategy
 

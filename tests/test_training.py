@@ -224,7 +224,7 @@ CPU_THREADS_RUN = """
 import json
 import tensorflow as tf  # as flwr's Ray actors do, before the app loads
 from clients.fashion_mnist_node import get_trainer
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
 get_trainer("fashion-mnist", 0.0, 1)
 threads = tf.config.threading.get_intra_op_parallelism_threads()
 get_trainer.cache_clear()

@@ -3,7 +3,7 @@
 from clients.inference.anchors import AnchorOptions, generate_anchors
 from clients.inference.image_tensor import RotatedRect, crop_to_tensor, normalize_pixels
 from clients.inference.litert_model import LiteRTModel, TensorSpec
-from clients.inference.nms import iou, non_max_suppression
+from clients.inference.nms import non_max_suppression
 from clients.inference.ssd_decoding import BoxDecoding, Candidates, decode_ssd
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "crop_to_tensor",
     "decode_ssd",
     "generate_anchors",
-    "iou",
     "non_max_suppression",
     "normalize_pixels",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
 
 __all__ = ["LiteRTModel", "TensorSpec"]
 

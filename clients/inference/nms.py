@@ -5,21 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from clients.inference.ssd_decoding import Candidates
+from fedge.core.geometry import iou
 
-__all__ = ["iou", "non_max_suppression"]
-
-
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Return the intersection over union of ``box`` (4,) with each of ``boxes`` (N, 4)."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+__all__ = ["non_max_suppression"]
 
 
 def non_max_suppression(

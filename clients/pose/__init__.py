@@ -35,7 +35,7 @@ def create_pose_estimator(
     Options both backends take: ``max_poses``, ``min_detection_score``,
     ``min_presence_score``, ``track`` and ``num_threads``.
     """
-    from fedge.errors import ConfigError
+    from fedge.core.errors import ConfigError
 
     try:
         cls = POSE_BACKENDS[backend]

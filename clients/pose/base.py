@@ -1,4 +1,4 @@
-"""What every pose backend promises: BGR frame in, :class:`~clients.results.Person` out."""
+"""What every pose backend promises: BGR frame in, :class:`~fedge.core.records.Person` out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from clients.results import Person
+from fedge.core.records import Person
 
 __all__ = ["LANDMARK_NAMES", "NUM_LANDMARKS", "PoseEstimator", "person_from_landmarks"]
 

@@ -18,7 +18,6 @@ import numpy as np
 from clients.detector import BLAZEPOSE_DETECTOR, Detector
 from clients.inference.image_tensor import RotatedRect, crop_to_tensor, normalize_pixels
 from clients.inference.litert_model import LiteRTModel
-from clients.inference.nms import iou
 from clients.pose.base import NUM_LANDMARKS, person_from_landmarks
 from clients.pose.landmarks import (
     NUM_MODEL_LANDMARKS,
@@ -27,8 +26,9 @@ from clients.pose.landmarks import (
     refine_with_heatmap,
     roi_from_keypoints,
 )
-from clients.results import Person
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
+from fedge.core.geometry import iou
+from fedge.core.records import Person
 
 __all__ = ["LiteRTPoseEstimator"]
 

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from clients.pose.base import NUM_LANDMARKS, person_from_landmarks
-from clients.results import Person
-from fedge.errors import ModelError
+from fedge.core.errors import ModelError
+from fedge.core.records import Person
 
 __all__ = ["TasksPoseEstimator"]
 

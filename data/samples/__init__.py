@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from fedge.errors import DatasetNotFoundError
+from fedge.core.errors import DatasetNotFoundError
 
 __all__ = ["sample_path"]
 

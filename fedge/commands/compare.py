@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         run_grid,
         write_reports,
     )
-    from fedge.errors import ConfigError
+    from fedge.core.errors import ConfigError
 
     flags = {
         "strategies": args.strategies,

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fedge.errors import CaptureError, ConfigError
+from fedge.core.errors import CaptureError, ConfigError
 
 __all__ = [
     "DEFAULT_SOURCE",

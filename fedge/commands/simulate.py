@@ -15,9 +15,9 @@ __all__ = ["register"]
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fedge simulate``."""
-    from data.partitioning import PartitionScheme
+    from fedge.core.partition_scheme import PartitionScheme
+    from fedge.core.run_config import RunConfig, parse_set_pairs
     from fedge.local_federation import LocalFederation
-    from fedge.run_config import RunConfig, parse_set_pairs
     from strategies.registry import build_strategy
 
     values = parse_set_pairs(args.set or [])

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.partitioning import PartitionScheme, parse_partition_scheme
-from fedge.errors import ConfigError, FedgeError
-from fedge.run_config import NON_TRAINING_KEYS, RunConfig, parse_set_pairs
+from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.partition_scheme import PartitionScheme, parse_partition_scheme
+from fedge.core.run_config import NON_TRAINING_KEYS, RunConfig, parse_set_pairs
+from fedge.core.run_names import default_run_name
 from server.metrics_log import METRICS_FILE, read_metrics
 
 __all__ = [
@@ -87,7 +88,7 @@ class Cell:
     @property
     def id(self) -> str:
         """File-safe name, also the run name: ``fedavg_dirichlet-0.5_s0``."""
-        return f"{self.strategy}_{self.partition.label.replace(':', '-')}_s{self.seed}"
+        return default_run_name(self.strategy, self.partition, self.seed)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fedge.compare.grid import DONE_MARKER
-from fedge.run_config import RunConfig
+from fedge.core.run_config import RunConfig
 from server.metrics_log import METRICS_FILE, read_metrics
 
 __all__ = [

@@ -6,6 +6,7 @@ with :func:`residual_to_record`); the server calls :func:`decode_update` (or
 before any strategy aggregates. Wire layout and error bounds: :mod:`.codec`.
 """
 
+from fedge.core.compression_config import CompressionConfig
 from strategies.compression.codec import (
     decode_deltas,
     decode_update,
@@ -13,7 +14,6 @@ from strategies.compression.codec import (
     encode_update,
     is_encoded_update,
 )
-from strategies.compression.config import CompressionConfig
 from strategies.compression.errors import UpdateDecodeError, UpdateEncodeError
 from strategies.compression.residual import (
     RESIDUAL_STATE_KEY,

@@ -43,7 +43,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
 
-from strategies.compression.config import CompressionConfig
+from fedge.core.compression_config import CompressionConfig
 from strategies.compression.errors import UpdateDecodeError, UpdateEncodeError
 from strategies.compression.quantization import (
     dequantize_int8,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedge.errors import FedgeError
+from fedge.core.errors import FedgeError
 
 __all__ = ["UpdateDecodeError", "UpdateEncodeError"]
 

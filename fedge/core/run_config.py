@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from fedge.errors import ConfigError
+from fedge.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from strategies.compression.config import CompressionConfig
+    from fedge.core.compression_config import CompressionConfig
 
 __all__ = ["NON_TRAINING_KEYS", "RunConfig", "parse_set_pairs"]
 
@@ -105,7 +105,7 @@ class RunConfig:
     @property
     def compression(self) -> CompressionConfig:
         """How clients encode their updates (the ``compression-*`` keys)."""
-        from strategies.compression.config import CompressionConfig
+        from fedge.core.compression_config import CompressionConfig
 
         return CompressionConfig(
             bits=self.compression_bits,
@@ -151,10 +151,16 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool) or not float(value).is_integer():
+        try:
+            whole = not isinstance(value, bool) and float(value).is_integer()
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        return int(value)
+        return int(float(value))
     if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError) as err:
