@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clients.pose.base import LANDMARK_NAMES, NUM_LANDMARKS, PoseEstimator, person_from_landmarks
 from clients.pose.litert_backend import LiteRTPoseEstimator
-from clients.pose.tasks_backend import TasksPoseEstimator
+
+if TYPE_CHECKING:
+    from clients.pose.tasks_backend import TasksPoseEstimator
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -20,11 +23,21 @@ __all__ = [
     "person_from_landmarks",
 ]
 
-POSE_BACKENDS: dict[str, Any] = {
-    "litert": LiteRTPoseEstimator,
-    "tasks": TasksPoseEstimator,
+POSE_BACKENDS: dict[str, str] = {
+    "litert": "clients.pose.litert_backend:LiteRTPoseEstimator",
+    "tasks": "clients.pose.tasks_backend:TasksPoseEstimator",
 }
-"""Backend name -> class with ``from_cache(cache_dir, **options)``."""
+"""Backend name -> ``module:class`` with ``from_cache(cache_dir, **options)``; the module is
+imported only when its backend is chosen (the edge profile has no MediaPipe)."""
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``TasksPoseEstimator`` on first use (PEP 562)."""
+    if name == "TasksPoseEstimator":
+        from clients.pose.tasks_backend import TasksPoseEstimator
+
+        return TasksPoseEstimator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_pose_estimator(
@@ -38,9 +51,10 @@ def create_pose_estimator(
     from fedge.core.errors import ConfigError
 
     try:
-        cls = POSE_BACKENDS[backend]
+        module_name, _, class_name = POSE_BACKENDS[backend].partition(":")
     except KeyError:
         known = ", ".join(sorted(POSE_BACKENDS))
         raise ConfigError(f"unknown pose backend {backend!r} (choose one of: {known})") from None
+    cls = getattr(importlib.import_module(module_name), class_name)
     estimator: PoseEstimator = cls.from_cache(cache_dir, **options)
     return estimator
