@@ -11,14 +11,17 @@ A frame qualifies when the node's own models are unsure of it:
 
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
-rate limit (a token bucket on frame time) is spent, so a static scene cannot flood the
-uplink. Accepted hard cases are flagged in the frame store and published as
-``HardCaseEvent`` on a ``HardCaseFeed`` for the uploader.
+rate limit (a token bucket) is spent, so a static scene cannot flood the uplink. Both
+run on the selector's clock (``time.monotonic`` unless another is injected, as tests
+do to make the limit independent of how fast the machine is). Accepted hard cases are
+flagged in the frame store and published as ``HardCaseEvent`` on a ``HardCaseFeed``
+for the uploader.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from fedge.core.geometry import box_area, intersection_area, iou_matrix
 from fedge.core.records import Detection, Person
 
 __all__ = [
+    "Clock",
     "DisagreementCheck",
     "HardCaseDecision",
     "HardCaseEvent",
@@ -38,6 +42,7 @@ __all__ = [
     "HardCasePolicy",
     "HardCaseSelector",
     "Reason",
+    "SelectorStats",
     "Suppression",
     "TokenBucket",
     "dhash",
@@ -45,6 +50,7 @@ __all__ = [
 ]
 
 Box = tuple[float, float, float, float]
+Clock = Callable[[], float]  # seconds, e.g. time.monotonic
 
 
 class Reason(StrEnum):
@@ -218,7 +224,10 @@ def dhash(image: np.ndarray, hash_size: int = 8) -> int:
 
 
 class TokenBucket:
-    """A rate limit on frame time: ``rate_per_s`` tokens a second, at most ``capacity``."""
+    """A rate limit: ``rate_per_s`` tokens a second, at most ``capacity``.
+
+    Time is whatever the caller passes to ``take`` (seconds on one clock).
+    """
 
     def __init__(self, rate_per_s: float, capacity: float) -> None:
         self.rate_per_s = rate_per_s
@@ -250,15 +259,21 @@ class SelectorStats:
 
 
 class HardCaseSelector:
-    """Decide, frame by frame, which frames are hard cases (see the module docstring)."""
+    """Decide, frame by frame, which frames are hard cases (see the module docstring).
+
+    ``clock`` returns the current time in seconds; the rate limit and the duplicate
+    window run on it.
+    """
 
     def __init__(
         self,
         policy: HardCasePolicy | None = None,
         detector_labels: Collection[str] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.policy = policy or HardCasePolicy()
         self.detector_labels = detector_labels
+        self.clock = clock
         self.stats = SelectorStats()
         self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
         self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
@@ -268,15 +283,19 @@ class HardCaseSelector:
         image: np.ndarray,
         persons: Sequence[Person],
         detections: Sequence[Detection],
-        frame_time: float,
+        now: float | None = None,
     ) -> HardCaseDecision:
-        """Return the verdict for one frame; accepted hard cases spend the rate limit."""
+        """Return the verdict for one frame; accepted hard cases spend the rate limit.
+
+        ``now`` is the decision time on the selector's clock (default: read the clock).
+        """
         self.stats.frames += 1
         reasons = find_hard_reasons(persons, detections, self.policy, self.detector_labels)
         if not reasons:
             return HardCaseDecision()
         for reason in reasons:
             self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        frame_time = self.clock() if now is None else now
         fingerprint = dhash(image, self.policy.dedup_hash_size)
         if self._is_duplicate(fingerprint, frame_time):
             self.stats.duplicates += 1
@@ -301,18 +320,19 @@ class HardCaseFeed:
 
     ``publish`` never blocks: when the consumer lags, the oldest event is dropped (the
     frame stays flagged ``pending`` in the store, where the uploader can catch up).
-    Iterating blocks for the next event and ends after ``close()``. Callbacks added
-    with ``subscribe`` run in the publishing thread and must be quick.
+    Iterating blocks for the next event and ends after ``close()``; ``get`` waits at
+    most a timeout measured on ``clock``. Callbacks added with ``subscribe`` run in the
+    publishing thread and must be quick. ``dropped`` counts the events dropped so far.
     """
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 256, clock: Clock = time.monotonic) -> None:
         self._events: deque[HardCaseEvent] = deque()
         self._maxsize = maxsize
+        self._clock = clock
         self._ready = threading.Condition()
         self._closed = False
         self._callbacks: list[Callable[[HardCaseEvent], None]] = []
         self.dropped = 0
-        self.published = 0
 
     def subscribe(self, callback: Callable[[HardCaseEvent], None]) -> None:
         """Call ``callback(event)`` for every event published from now on."""
@@ -325,24 +345,27 @@ class HardCaseFeed:
                 self._events.popleft()
                 self.dropped += 1
             self._events.append(event)
-            self.published += 1
             self._ready.notify_all()
         for callback in self._callbacks:
             callback(event)
 
     def get(self, timeout: float | None = None) -> HardCaseEvent | None:
-        """Return the next event; ``None`` after ``close()`` or when ``timeout`` passes."""
-        with self._ready:
-            if not self._events and not self._closed:
-                self._ready.wait(timeout)
-            return self._events.popleft() if self._events else None
+        """Return the next event, waiting for one up to ``timeout`` seconds (``None``: forever).
 
-    def drain(self) -> list[HardCaseEvent]:
-        """Return every queued event without waiting."""
+        Returns ``None`` once the feed is closed and empty, or when the timeout has passed
+        on the feed's clock with no event; wake-ups without an event do not end the wait.
+        """
         with self._ready:
-            events = list(self._events)
-            self._events.clear()
-            return events
+            deadline = None if timeout is None else self._clock() + timeout
+            while not self._events and not self._closed:
+                if deadline is None:
+                    self._ready.wait()
+                    continue
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            return self._events.popleft() if self._events else None
 
     def close(self) -> None:
         """End iteration once the queued events are consumed."""
@@ -351,11 +374,5 @@ class HardCaseFeed:
             self._ready.notify_all()
 
     def __iter__(self) -> Iterator[HardCaseEvent]:
-        while True:
-            with self._ready:
-                while not self._events and not self._closed:
-                    self._ready.wait()
-                if not self._events:
-                    return
-                event = self._events.popleft()
+        while (event := self.get()) is not None:
             yield event

@@ -325,9 +325,8 @@ class Pipeline:
         started = time.perf_counter()
         result = work.result
         if self.selector is not None:
-            decision = self.selector.decide(
-                work.frame.image, result.persons, result.detections, result.time
-            )
+            # the rate limit runs on the selector's clock, not on the frame's wall-clock time
+            decision = self.selector.decide(work.frame.image, result.persons, result.detections)
             result.hard = decision.hard
             result.hard_reasons = decision.record_reasons()
         if self.store is not None:

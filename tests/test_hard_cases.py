@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 
 from clients.hard_cases import (
     DisagreementCheck,
@@ -98,13 +100,15 @@ def test_token_bucket_allows_burst_then_rate() -> None:
 
 
 def test_static_scene_yields_one_hard_case_then_duplicates(scene: np.ndarray) -> None:
-    selector = HardCaseSelector(HardCasePolicy(max_per_minute=600, burst=100), {"face"})
+    clock = FakeClock(start=1000.0, step=0.1)  # 10 FPS
+    policy = HardCasePolicy(max_per_minute=600, burst=100)
+    selector = HardCaseSelector(policy, {"face"}, clock=clock)
     rng = np.random.default_rng(0)
     uncertain = [_det("face", 0.4, (10, 10, 30, 30))]
     decisions = []
-    for i in range(100):  # 10 s of one scene with sensor noise
+    for _ in range(100):  # 10 s of one scene with sensor noise
         noisy = cv2.add(scene, rng.integers(0, 6, scene.shape, dtype=np.uint8))
-        decisions.append(selector.decide(noisy, [], uncertain, 1000.0 + i * 0.1))
+        decisions.append(selector.decide(noisy, [], uncertain))
 
     assert sum(d.hard for d in decisions) == 1
     assert all(d.suppressed == Suppression.DUPLICATE for d in decisions[1:])
@@ -112,24 +116,64 @@ def test_static_scene_yields_one_hard_case_then_duplicates(scene: np.ndarray) ->
     assert selector.stats.duplicates == 99
 
 
-def test_duplicate_window_expires(scene: np.ndarray) -> None:
-    selector = HardCaseSelector(HardCasePolicy(dedup_window_s=30.0), {"face"})
+def test_duplicate_window_expires_on_the_selector_clock(scene: np.ndarray) -> None:
+    clock = FakeClock()
+    selector = HardCaseSelector(HardCasePolicy(dedup_window_s=30.0), {"face"}, clock=clock)
     uncertain = [_det("face", 0.4, (10, 10, 30, 30))]
-    assert selector.decide(scene, [], uncertain, 0.0).hard
-    assert not selector.decide(scene, [], uncertain, 20.0).hard
-    assert selector.decide(scene, [], uncertain, 31.0).hard
+    assert selector.decide(scene, [], uncertain).hard
+    clock.advance(20.0)
+    assert not selector.decide(scene, [], uncertain).hard
+    clock.advance(11.0)
+    assert selector.decide(scene, [], uncertain).hard
+
+
+def test_explicit_decision_time_overrides_the_clock(scene: np.ndarray) -> None:
+    clock = FakeClock()
+    selector = HardCaseSelector(HardCasePolicy(dedup_window_s=30.0), {"face"}, clock=clock)
+    uncertain = [_det("face", 0.4, (10, 10, 30, 30))]
+    assert selector.decide(scene, [], uncertain, now=0.0).hard
+    assert selector.decide(scene, [], uncertain, now=31.0).hard
+    assert clock.reads == 0
+
+
+def test_rate_limit_runs_on_the_injected_clock_not_the_wall_clock() -> None:
+    # Prepare: a clock that stands still while real time passes.
+    clock = FakeClock()
+    selector = HardCaseSelector(HardCasePolicy(max_per_minute=60, burst=3), {"face"}, clock=clock)
+    rng = np.random.default_rng(2)
+    uncertain = [_det("face", 0.5, (10, 10, 30, 30))]
+
+    def distinct_frame() -> np.ndarray:
+        return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+    # Execute: ten distinct hard frames at one instant, 1.5 s of real time apart in all,
+    # then one second later on the clock.
+    at_start = []
+    for _ in range(10):
+        at_start.append(selector.decide(distinct_frame(), [], uncertain).hard)
+        time.sleep(0.15)
+    clock.advance(1.0)
+    one_second_later = [selector.decide(distinct_frame(), [], uncertain).hard for _ in range(3)]
+
+    # Assert: the burst, then exactly the one token a second of clock time adds.
+    assert at_start == [True] * 3 + [False] * 7
+    assert one_second_later == [True, False, False]
+    assert selector.stats.rate_limited == 7 + 2
 
 
 def test_rate_limit_holds_on_a_long_sequence_of_distinct_hard_frames() -> None:
     policy = HardCasePolicy(max_per_minute=6, burst=3)
-    selector = HardCaseSelector(policy, {"face"})
+    clock = FakeClock()
+    selector = HardCaseSelector(policy, {"face"}, clock=clock)
     rng = np.random.default_rng(1)
     uncertain = [_det("face", 0.5, (10, 10, 30, 30))]
     hard_times = []
-    for i in range(600):  # 5 minutes at 2 FPS, every frame different and uncertain
+    for _ in range(600):  # 5 minutes at 2 FPS, every frame different and uncertain
         image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-        if selector.decide(image, [], uncertain, i * 0.5).hard:
-            hard_times.append(i * 0.5)
+        now = clock.now
+        if selector.decide(image, [], uncertain).hard:
+            hard_times.append(now)
+        clock.advance(0.5)
 
     assert len(hard_times) <= 3 + 6 * 5
     assert len(hard_times) >= 6 * 5 - 1
@@ -160,3 +204,63 @@ def test_feed_drops_oldest_when_full_and_ends_on_close() -> None:
     assert consumed == [2, 3, 4]
     assert seen == [0, 1, 2, 3, 4]
     assert feed.dropped == 2
+
+
+def _event(index: int) -> HardCaseEvent:
+    return HardCaseEvent(index, index, float(index), "test", ("uncertain_score",))
+
+
+def _wake_without_event(feed: HardCaseFeed) -> None:
+    """A spurious wake-up: notify the feed's waiters although nothing was published."""
+    with feed._ready:
+        feed._ready.notify_all()
+
+
+def test_feed_get_returns_an_event_published_after_a_spurious_wake_up() -> None:
+    # Prepare: a reader waiting with a long timeout on a clock that stands still.
+    clock = FakeClock()
+    feed = HardCaseFeed(clock=clock)
+    got: list[HardCaseEvent | None] = []
+    reader = threading.Thread(target=lambda: got.append(feed.get(timeout=10.0)))
+    reader.start()
+    clock.wait_for_reads(2)  # deadline taken, remaining time checked: now waiting
+
+    # Execute: wake it for nothing, let it go back to waiting, then publish.
+    _wake_without_event(feed)
+    clock.wait_for_reads(3)
+    feed.publish(_event(7))
+    reader.join(timeout=30)
+
+    # Assert
+    assert not reader.is_alive()
+    assert got == [_event(7)]
+
+
+def test_feed_get_returns_none_only_once_the_timeout_has_passed() -> None:
+    # Prepare
+    clock = FakeClock()
+    feed = HardCaseFeed(clock=clock)
+    got: list[tuple[HardCaseEvent | None, float]] = []
+    reader = threading.Thread(target=lambda: got.append((feed.get(timeout=5.0), clock.now)))
+    reader.start()
+    clock.wait_for_reads(2)
+
+    # Execute: wake-ups at 4 s and 4.75 s are before the deadline; the one at 5 s is not.
+    for advance, reads in ((4.0, 3), (0.75, 4), (0.25, 5)):
+        clock.advance(advance)
+        _wake_without_event(feed)
+        clock.wait_for_reads(reads)
+    reader.join(timeout=30)
+
+    # Assert
+    assert not reader.is_alive()
+    assert got == [(None, 5.0)]
+
+
+def test_feed_get_hands_out_queued_events_then_none_after_close() -> None:
+    feed = HardCaseFeed()
+    feed.publish(_event(1))
+    assert feed.get(timeout=0) == _event(1)
+    assert feed.get(timeout=0) is None  # nothing queued, no wait
+    feed.close()
+    assert feed.get() is None  # closed: does not block

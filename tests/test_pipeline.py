@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 
 from clients.capture import Capture, CaptureConfig
 from clients.detector import Detector
@@ -71,25 +72,35 @@ def test_real_models_fill_every_stage_in_capture_order(
 
 
 def test_hard_cases_are_flagged_in_store_and_published(tmp_path: Path) -> None:
+    # Prepare: every frame is hard and distinct; 4 hard cases a second, a burst of 5; the
+    # selector's clock moves 1/16 s a frame (a quarter token), however fast frames come.
     feed = HardCaseFeed()
     events: list[HardCaseEvent] = []
     feed.subscribe(events.append)
-    policy = HardCasePolicy(max_per_minute=600, burst=5, dedup_max_distance=-1)
+    policy = HardCasePolicy(max_per_minute=240, burst=5, dedup_max_distance=-1)
+    clock = FakeClock(step=1 / 16)
+    capture = Capture(CLIP, CaptureConfig(size=(320, 240), max_frames=20))
     with FrameStore(tmp_path / "store", 10**8, fsync=False) as store:
         pipeline = Pipeline(
-            Capture(CLIP, CaptureConfig(size=(320, 240))),
+            capture,
             detector=_UncertainDetector(),
             store=store,
-            selector=HardCaseSelector(policy, ("face",)),
+            selector=HardCaseSelector(policy, ("face",), clock=clock),
             feed=feed,
         )
+
+        # Execute
         with pipeline:
-            outputs = [o for _, o in zip(range(20), pipeline, strict=False)]
+            outputs = list(pipeline)
         pending = store.hard_cases(LabelStatus.PENDING)
         suppressed = list(store.iter_frames())
 
+    # Assert: the burst (frames 0-4), the quarter tokens gathered meanwhile (frame 5),
+    # then one frame in four.
     hard = [o for o in outputs if o.result.hard]
-    assert 5 <= len(hard) < 20  # the burst, then the rate limit
+    assert [o.result.frame for o in outputs] == list(range(20))
+    assert [o.result.frame for o in hard] == [0, 1, 2, 3, 4, 5, 8, 12, 16]
+    assert clock.reads == 20
     assert [e.frame_id for e in events] == [o.store_id for o in hard]
     assert [f.id for f in pending] == [o.store_id for o in hard]
     assert all(e.reasons == ("uncertain_score",) for e in events)
