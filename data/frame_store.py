@@ -11,9 +11,23 @@ and for the uploader to pick hard cases from. Layout under ``root``::
 Writes are crash-safe: a JPEG goes to ``tmp/``, is fsynced and renamed into ``frames/``,
 and only then is its row inserted. Opening the store as a writer reconciles what a
 crash left behind (temporary files, rows without a file, files without a row). The
-store stays within ``budget_bytes`` by evicting the oldest frames first, frames that are
-neither hard cases nor labelled before the rest. A disk that is full raises
-``StoreError`` and leaves every frame already stored intact.
+store stays within ``budget_bytes`` by evicting the oldest frames first: ordinary frames
+(unlabelled, suppressed) before hard cases that gave up (``failed``), and those before
+frames waiting for upload (``pending``, ``sent``) or carrying a label. A disk that is
+full raises ``StoreError`` and leaves every frame already stored intact.
+
+The store is also the uploader's queue. A hard case moves
+
+    pending ──mark_sent──▶ sent ──store_label──▶ labelled
+       ▲                    │
+       └── requeue / mark_attempt_failed (attempts < max) ◀┘   ──▶ failed (attempts = max)
+
+and each row carries its attempt count, next-try time and last error. Only the moves in
+``TRANSITIONS`` are allowed; any other raises ``StoreError``. Every method may be called
+from several threads of one process (the pipeline's store stage and the uploader thread);
+moves are single conditional ``UPDATE`` statements, so they are atomic across processes
+too. Stores written by an older fedge gain the queue columns when opened (``ALTER
+TABLE``). Labels are :class:`fedge.core.labels.FrameLabel` (typed and versioned).
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -35,11 +49,19 @@ import numpy as np
 
 from fedge.core.errors import StoreError
 from fedge.core.files import atomic_write
-from fedge.core.records import FrameResult
+from fedge.core.labels import FrameLabel
+from fedge.core.records import Detection, FrameResult, Person
 
-__all__ = ["FrameStore", "LabelStatus", "ReconcileReport", "StoredFrame"]
+__all__ = [
+    "TRANSITIONS",
+    "FrameStore",
+    "LabelStatus",
+    "ReconcileReport",
+    "StoredFrame",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BUDGET_BYTES = 2 * 1024**3
 DEFAULT_MIN_FREE_BYTES = 32 * 1024**2
 _EVICT_BATCH = 64
@@ -68,6 +90,15 @@ CREATE INDEX IF NOT EXISTS frames_status ON frames (label_status, id);
 CREATE INDEX IF NOT EXISTS frames_hard ON frames (hard, id);
 """
 
+# Columns added by schema 2 (the upload queue); ALTER TABLE adds them to older stores.
+_QUEUE_COLUMNS = (
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("next_try", "REAL NOT NULL DEFAULT 0"),
+    ("sent_at", "REAL"),
+    ("last_error", "TEXT"),
+)
+_QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS frames_queue ON frames (label_status, next_try, id)"
+
 
 class LabelStatus(StrEnum):
     """Where a stored frame stands on its way to a cloud label."""
@@ -77,6 +108,28 @@ class LabelStatus(StrEnum):
     PENDING = "pending"  # a hard case waiting for the uploader
     SENT = "sent"  # uploaded, waiting for the cloud's label
     LABELLED = "labelled"  # the cloud's label is stored
+    FAILED = "failed"  # the cloud refused the case on every allowed attempt
+
+
+TRANSITIONS: dict[LabelStatus, frozenset[LabelStatus]] = {
+    LabelStatus.UNLABELLED: frozenset({LabelStatus.LABELLED}),
+    LabelStatus.SUPPRESSED: frozenset({LabelStatus.PENDING, LabelStatus.LABELLED}),
+    LabelStatus.PENDING: frozenset({LabelStatus.SENT, LabelStatus.LABELLED}),
+    LabelStatus.SENT: frozenset({LabelStatus.PENDING, LabelStatus.LABELLED, LabelStatus.FAILED}),
+    LabelStatus.LABELLED: frozenset(),
+    LabelStatus.FAILED: frozenset({LabelStatus.PENDING, LabelStatus.LABELLED}),
+}
+"""The allowed moves between statuses; a labelled frame keeps its one label."""
+
+# Eviction goes by this rank first (low first), then oldest first.
+_EVICTION_RANK = (
+    "CASE label_status"
+    f" WHEN '{LabelStatus.FAILED.value}' THEN 1"
+    f" WHEN '{LabelStatus.PENDING.value}' THEN 2"
+    f" WHEN '{LabelStatus.SENT.value}' THEN 2"
+    f" WHEN '{LabelStatus.LABELLED.value}' THEN 2"
+    " ELSE 0 END"
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +151,44 @@ class StoredFrame:
     label_status: LabelStatus
     label: Any
     label_source: str | None
+    attempts: int = 0
+    next_try: float = 0.0
+    last_error: str | None = None
+
+    @property
+    def frame_label(self) -> FrameLabel | None:
+        """The typed label (``None`` when unlabelled).
+
+        Raises ``fedge.core.labels.LabelError`` for a label of an unknown schema version
+        or an untyped one written before the label schema (``label`` still holds its JSON).
+        """
+        return None if self.label is None else FrameLabel.from_json(self.label)
+
+    def result(self) -> FrameResult:
+        """The stored per-frame record as a ``FrameResult`` (timings are not kept)."""
+        return FrameResult(
+            frame=self.frame_index,
+            time=self.time,
+            source=self.source,
+            persons=[
+                Person(
+                    landmarks=np.asarray(p["landmarks"], dtype=np.float32).reshape(-1, 4),
+                    score=float(p["score"]),
+                    box=tuple(float(v) for v in p["box"]),  # type: ignore[arg-type]
+                )
+                for p in self.persons
+            ],
+            detections=[
+                Detection(
+                    box=tuple(float(v) for v in d["box"]),  # type: ignore[arg-type]
+                    label=str(d["label"]),
+                    score=float(d["score"]),
+                )
+                for d in self.detections
+            ],
+            hard=self.hard,
+            hard_reasons=list(self.hard_reasons),
+        )
 
     def load_image(self) -> np.ndarray:
         """Decode and return the stored frame (BGR ``uint8``)."""
@@ -168,11 +259,9 @@ class FrameStore:
             self._db.execute("PRAGMA busy_timeout=10000")
             if writer:
                 self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
                 self._db.commit()
+            self._migrate()
+            if writer:
                 self.recovery = self._reconcile()
             self._jpeg_bytes = self._sum_jpeg_bytes()
         except (OSError, sqlite3.Error) as err:
@@ -235,22 +324,135 @@ class FrameStore:
         assert frame_id is not None
         return int(frame_id)
 
-    def set_label(self, frame_id: int, label: Any, source: str) -> None:
-        """Record the cloud's ``label`` (JSON-serialisable) for a frame; status → labelled."""
-        self._update(
-            "UPDATE frames SET label = ?, label_source = ?, labelled_at = ?, label_status = ?"
-            " WHERE id = ?",
-            (json.dumps(label), source, time.time(), LabelStatus.LABELLED.value, frame_id),
+    def set_label(self, frame_id: int, label: FrameLabel | Any, source: str) -> None:
+        """Record ``label`` for a frame (any status that may become labelled).
+
+        ``label`` is a :class:`FrameLabel` or its JSON form (validated: an unknown schema
+        version raises ``LabelError``). Other JSON values are kept as untyped labels, as
+        stores written before the label schema hold them. A frame keeps its first label:
+        labelling it again raises ``StoreError``.
+        """
+        if isinstance(label, Mapping) and "schema_version" in label:
+            label = FrameLabel.from_json(label)
+        data = label.to_json() if isinstance(label, FrameLabel) else label
+        self._move(
             frame_id,
+            LabelStatus.LABELLED,
+            "label = ?, label_source = ?, labelled_at = ?",
+            (json.dumps(data), source, time.time()),
         )
 
     def set_label_status(self, frame_id: int, status: LabelStatus | str) -> None:
-        """Move a frame to ``status`` (e.g. ``sent`` once the uploader has shipped it)."""
-        self._update(
-            "UPDATE frames SET label_status = ? WHERE id = ?",
-            (LabelStatus(status).value, frame_id),
-            frame_id,
+        """Move a frame to ``status``; ``StoreError`` when ``TRANSITIONS`` forbids it."""
+        self._move(frame_id, LabelStatus(status), "", ())
+
+    # -- the upload queue ----------------------------------------------------------------
+
+    def due_for_upload(self, now: float, limit: int) -> list[StoredFrame]:
+        """Pending hard cases whose next try is due at ``now``, oldest due first."""
+        return self._select(
+            "WHERE label_status = ? AND next_try <= ? ORDER BY next_try, id LIMIT ?",
+            (LabelStatus.PENDING.value, float(now), int(limit)),
         )
+
+    def next_due(self) -> float | None:
+        """The earliest next-try time of a pending case (``None`` when none is pending)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_try) FROM frames WHERE label_status = ?",
+                (LabelStatus.PENDING.value,),
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_sent(self, frame_id: int, now: float | None = None) -> None:
+        """pending → sent: the uploader is shipping this case."""
+        sent_at = time.time() if now is None else float(now)
+        self._move(frame_id, LabelStatus.SENT, "sent_at = ?", (sent_at,))
+
+    def requeue(self, frame_id: int, next_try: float, error: str | None = None) -> None:
+        """sent → pending without counting an attempt (the cloud was unreachable or busy)."""
+        self._move(frame_id, LabelStatus.PENDING, "next_try = ?, last_error = ?", (next_try, error))
+
+    def mark_attempt_failed(
+        self,
+        frame_id: int,
+        next_try: float,
+        error: str | None = None,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> LabelStatus:
+        """sent → pending with one more attempt counted, or → failed at ``max_attempts``.
+
+        Returns the frame's new status.
+        """
+        if max_attempts < 1:
+            raise StoreError(f"max_attempts must be 1 or more, got {max_attempts}")
+        with self._lock:
+            attempts = self._row_attempts(frame_id) + 1
+            status = LabelStatus.FAILED if attempts >= max_attempts else LabelStatus.PENDING
+            self._move(
+                frame_id,
+                status,
+                "attempts = ?, next_try = ?, last_error = ?",
+                (attempts, next_try, error),
+            )
+        return status
+
+    def store_label(self, frame_id: int, label: FrameLabel) -> None:
+        """sent → labelled: write the cloud's answer (``label.source`` is the source)."""
+        if not isinstance(label, FrameLabel):
+            raise StoreError(f"store_label needs a FrameLabel, got {type(label).__name__}")
+        self._move(
+            frame_id,
+            LabelStatus.LABELLED,
+            "label = ?, label_source = ?, labelled_at = ?",
+            (json.dumps(label.to_json()), label.source, time.time()),
+            allowed_from=(LabelStatus.SENT,),
+        )
+
+    def requeue_sent(self, next_try: float = 0.0) -> int:
+        """Move every ``sent`` case back to ``pending`` (its sender is gone); return how many.
+
+        The uploader calls this when it starts: a case sent by a process that died before
+        the answer came is sent again (the cloud answers a retried case from its cache).
+        """
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "UPDATE frames SET label_status = ?, next_try = ? WHERE label_status = ?",
+                    (LabelStatus.PENDING.value, next_try, LabelStatus.SENT.value),
+                )
+                self._db.commit()
+            except sqlite3.Error as err:
+                self._db.rollback()
+                raise StoreError(f"cannot requeue sent cases in {self.root}: {err}") from err
+        return int(cursor.rowcount)
+
+    def retry_failed(self) -> int:
+        """Move every ``failed`` case back to ``pending`` with its attempts reset."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "UPDATE frames SET label_status = ?, attempts = 0, next_try = 0"
+                    " WHERE label_status = ?",
+                    (LabelStatus.PENDING.value, LabelStatus.FAILED.value),
+                )
+                self._db.commit()
+            except sqlite3.Error as err:
+                self._db.rollback()
+                raise StoreError(f"cannot retry failed cases in {self.root}: {err}") from err
+        return int(cursor.rowcount)
+
+    def status_counts(self) -> dict[LabelStatus, int]:
+        """How many frames are in each status (every status present, zeros included)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT label_status, COUNT(*) FROM frames GROUP BY label_status"
+            ).fetchall()
+        counts = dict.fromkeys(LabelStatus, 0)
+        for status, count in rows:
+            counts[LabelStatus(status)] = int(count)
+        return counts
 
     # -- reading -----------------------------------------------------------------------
 
@@ -382,9 +584,8 @@ class FrameStore:
             )
         while self._jpeg_bytes + self._db_live_bytes() + incoming > self.budget_bytes:
             rows = self._db.execute(
-                "SELECT id, path, bytes FROM frames ORDER BY"
-                " (hard = 1 OR label_status = ?) ASC, id ASC LIMIT ?",
-                (LabelStatus.LABELLED.value, _EVICT_BATCH),
+                f"SELECT id, path, bytes FROM frames ORDER BY {_EVICTION_RANK} ASC, id ASC LIMIT ?",
+                (_EVICT_BATCH,),
             ).fetchall()
             if not rows:
                 return
@@ -425,21 +626,94 @@ class FrameStore:
                 "free disk space or lower --store-budget-mb"
             ) from err
 
-    def _update(self, sql: str, params: tuple[Any, ...], frame_id: int) -> None:
+    def _move(
+        self,
+        frame_id: int,
+        target: LabelStatus,
+        set_sql: str,
+        params: tuple[Any, ...],
+        allowed_from: tuple[LabelStatus, ...] | None = None,
+    ) -> None:
+        """Move one frame to ``target`` (and set more columns) if ``TRANSITIONS`` allow it.
+
+        One conditional ``UPDATE``: the check and the move are atomic.
+        """
+        sources = [s for s, targets in TRANSITIONS.items() if target in targets]
+        if allowed_from is not None:
+            sources = [s for s in sources if s in allowed_from]
+        assignments = "label_status = ?" + (f", {set_sql}" if set_sql else "")
+        marks = ", ".join("?" * len(sources))
+        sql = f"UPDATE frames SET {assignments} WHERE id = ? AND label_status IN ({marks})"
         with self._lock:
             try:
-                cursor = self._db.execute(sql, params)
+                cursor = self._db.execute(
+                    sql, (target.value, *params, frame_id, *(s.value for s in sources))
+                )
                 self._db.commit()
+                if cursor.rowcount:
+                    return
+                row = self._db.execute(
+                    "SELECT label_status FROM frames WHERE id = ?", (frame_id,)
+                ).fetchone()
             except sqlite3.Error as err:
                 self._db.rollback()
                 raise StoreError(f"cannot update frame {frame_id} in {self.root}: {err}") from err
-        if cursor.rowcount == 0:
+        if row is None:
             raise StoreError(f"no frame {frame_id} in {self.root} (evicted or never stored)")
+        allowed = ", ".join(s.value for s in sources) or "nothing"
+        raise StoreError(
+            f"frame {frame_id} cannot move from {row[0]} to {target.value} (only from {allowed})"
+        )
+
+    def _row_attempts(self, frame_id: int) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT attempts FROM frames WHERE id = ?", (frame_id,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no frame {frame_id} in {self.root} (evicted or never stored)")
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        """Bring the index to ``SCHEMA_VERSION`` (add the queue columns of schema 2)."""
+        with self._lock:
+            version = self._schema_version()
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"frame store {self.root} has schema {version}, newer than this fedge "
+                    f"({SCHEMA_VERSION}); upgrade fedge"
+                )
+            if version == SCHEMA_VERSION and not self._missing_columns():
+                return
+            if self._db.in_transaction:
+                self._db.commit()
+            self._db.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+            try:
+                for name, declaration in self._missing_columns():
+                    self._db.execute(f"ALTER TABLE frames ADD COLUMN {name} {declaration}")
+                self._db.execute(_QUEUE_INDEX)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    def _schema_version(self) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
+    def _missing_columns(self) -> list[tuple[str, str]]:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(frames)")}
+        return [(name, decl) for name, decl in _QUEUE_COLUMNS if name not in present]
 
     def _select(self, tail: str, params: tuple[Any, ...]) -> list[StoredFrame]:
         sql = (
             "SELECT id, time, source, frame_index, path, bytes, width, height, detections,"
-            " persons, hard, hard_reasons, label_status, label, label_source FROM frames " + tail
+            " persons, hard, hard_reasons, label_status, label, label_source, attempts,"
+            " next_try, last_error FROM frames " + tail
         )
         with self._lock:
             try:
@@ -465,6 +739,9 @@ class FrameStore:
             label_status=LabelStatus(row[12]),
             label=json.loads(row[13]) if row[13] is not None else None,
             label_source=row[14],
+            attempts=int(row[15]),
+            next_try=float(row[16]),
+            last_error=row[17],
         )
 
 
