@@ -15,7 +15,7 @@ from fedge.cli import main
 from fedge.core.errors import ModelError
 from models.pretrained import (
     PRETRAINED_MODELS,
-    default_wheel_dir,
+    download_wheel,
     fetch_models,
     import_task_bundle,
     model_path,
@@ -23,6 +23,17 @@ from models.pretrained import (
     read_model,
     sha256_bytes,
 )
+
+
+@pytest.fixture(scope="module")
+def mediapipe_wheel() -> Path:
+    """The verified mediapipe wheel: the cached copy, else downloaded once.
+
+    Not read from ``~/.cache/fedge/wheels`` directly: a model cache that is already full
+    (a copied cache, ``$FEDGE_MODEL_DIR``, models imported from a ``.task`` bundle) never
+    made ``fetch_models`` download it.
+    """
+    return download_wheel()
 
 
 def _copy_models(src: Path, dst: Path) -> Path:
@@ -43,12 +54,9 @@ def test_fetch_puts_every_model_in_the_cache_with_the_pinned_digest(model_dir: P
         assert model_path(model.name, model_dir) == model_dir / model.filename
 
 
-def test_fetch_from_the_cached_wheel_fills_an_empty_cache(model_dir: Path, tmp_path: Path) -> None:
-    # Prepare: the session fixture has downloaded the wheel once.
-    wheel = next(default_wheel_dir().glob("mediapipe-0.10.21-*.whl"))
-
+def test_fetch_from_the_wheel_fills_an_empty_cache(mediapipe_wheel: Path, tmp_path: Path) -> None:
     # Execute
-    paths = fetch_models(tmp_path, wheel=wheel)
+    paths = fetch_models(tmp_path, wheel=mediapipe_wheel)
 
     # Assert
     assert [p.name for p in paths] == [m.filename for m in PRETRAINED_MODELS.values()]
@@ -138,17 +146,16 @@ def test_task_bundle_with_the_wrong_model_is_rejected(model_dir: Path, tmp_path:
 
 
 def test_cli_lists_then_fetches_into_a_cache_dir(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mediapipe_wheel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare
-    wheel = next(default_wheel_dir().glob("mediapipe-0.10.21-*.whl"))
     cache = str(tmp_path / "cli-cache")
 
     # Execute / Assert: empty cache lists as missing with the hint, exit code 1.
     assert main(["models", "list", "--cache-dir", cache]) == 1
     assert "missing" in capsys.readouterr().out
 
-    assert main(["models", "fetch", "--cache-dir", cache, "--wheel", str(wheel)]) == 0
+    assert main(["models", "fetch", "--cache-dir", cache, "--wheel", str(mediapipe_wheel)]) == 0
     out = capsys.readouterr().out
     assert out.count(" ok ") == len(PRETRAINED_MODELS)
 
@@ -157,7 +164,7 @@ def test_cli_lists_then_fetches_into_a_cache_dir(
 
 
 def test_force_fetch_replaces_an_imported_model_with_the_wheel_copy(
-    model_dir: Path, tmp_path: Path
+    model_dir: Path, mediapipe_wheel: Path, tmp_path: Path
 ) -> None:
     # Prepare: a cache whose landmark model came from a .task bundle.
     bundle = tmp_path / "pose.task"
@@ -168,10 +175,9 @@ def test_force_fetch_replaces_an_imported_model_with_the_wheel_copy(
     )
     cache = tmp_path / "cache"
     import_task_bundle(bundle, cache)
-    wheel = next(default_wheel_dir().glob("mediapipe-0.10.21-*.whl"))
 
     # Execute
-    fetch_models(cache, names=["pose_landmark_full"], wheel=wheel, force=True)
+    fetch_models(cache, names=["pose_landmark_full"], wheel=mediapipe_wheel, force=True)
 
     # Assert
     status = {s.model.name: s for s in model_status(cache)}["pose_landmark_full"]
