@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
 CLIP_FRAMES = 240
 SERVER = Path(__file__).with_name("mjpeg_server.py")
+NOBODY = 65534  # uid and gid of the unprivileged user "nobody"
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +232,66 @@ def test_unreachable_stream_raises_capture_error() -> None:
         Capture("http://127.0.0.1:9/stream.mjpg", CaptureConfig(open_timeout_s=1.0)).start()
 
 
+def _try_to_start(source: str) -> str:
+    """Return how ``Capture(source).start()`` ends: ``opened`` or the error as a line."""
+    try:
+        Capture(source).start().stop()
+    except CaptureError as err:
+        return f"CaptureError: {err}"
+    except BaseException as err:
+        return f"{type(err).__name__}: {err}"
+    return "opened"
+
+
+def _try_to_start_without_privileges(path: Path) -> str:
+    """``_try_to_start`` for a user who may not read ``path``, also when run as root.
+
+    Root reads every file, so as root the attempt runs in a forked child that drops to
+    the user nobody first. The child opens ``path`` relative to its folder (its working
+    directory), so the folders above need not be open to nobody.
+    """
+    if os.geteuid() != 0:
+        return _try_to_start(str(path))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.chdir(path.parent)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            outcome = _try_to_start(path.name)
+            if os.access(path.name, os.R_OK):
+                outcome = f"still privileged: {outcome}"
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    ready: list[int] = []
+    try:
+        ready, _, _ = select.select([read_end], [], [], 60.0)
+        outcome = os.read(read_end, 4096).decode() if ready else "no answer from the child"
+    finally:
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return outcome
+
+
 def test_unreadable_file_raises_capture_error(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
-    path = tmp_path / "locked.mp4"
+    # Prepare: a valid clip nobody may read, in a folder anyone may enter.
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    folder.chmod(0o711)
+    path = folder / "locked.mp4"
     path.write_bytes(CLIP.read_bytes())
     path.chmod(0)
-    with pytest.raises(CaptureError, match="not readable"):
-        Capture(path).start()
+
+    # Execute
+    outcome = _try_to_start_without_privileges(path)
+
+    # Assert
+    assert outcome.startswith("CaptureError: video file "), outcome
+    assert outcome.endswith("locked.mp4 is not readable (permission denied)"), outcome
