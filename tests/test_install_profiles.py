@@ -221,3 +221,4 @@ def test_installed_opencv_is_in_the_declared_range_and_has_what_fedge_uses(
     assert ok and frame.ndim == 3
     assert encoded_ok and decoded.shape == frame.shape
     assert np.asarray(people).size > 0  # the cloud teacher's HOG people detector
+    assert hasattr(cv2.utils.logging, "setLogLevel")  # capture silences FFmpeg with it
