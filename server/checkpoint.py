@@ -5,6 +5,11 @@ Layout inside a run directory::
     checkpoints/round-0003.npz   weights (w/0..w/N) + strategy state (s/<attr>/<key>)
     checkpoints/latest.json      {"round": 3, "file": "round-0003.npz", "config_hash": ...}
 
+With differential privacy the strategy is a Flower DP wrapper around the registry's
+strategy. Its state is then ``s/dp/<key>`` (clipping norm and noise generator, see
+``strategies.privacy.dp_state``) and the wrapped strategy's attributes go under
+``s/strategy.<attr>/<key>``.
+
 Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
 half-written checkpoint behind ``latest.json``.
 """
@@ -17,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedge.core.errors import ConfigError
 from fedge.core.files import atomic_write
+from strategies.privacy import dp_state, restore_dp_state, wrapped_strategy
 
 __all__ = [
+    "DP_STATE",
     "STATEFUL_ATTRIBUTES",
+    "WRAPPED_PREFIX",
     "Checkpoint",
     "load_latest_checkpoint",
     "restore_strategy_state",
@@ -34,6 +43,9 @@ __all__ = [
 # Server-side state of Flower's strategies that must survive a restart:
 # FedOpt family (m_t, v_t), FedAvgM (momentum_vector), all of them (current_arrays).
 STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector")
+# State names of a DP wrapper (its own state) and of the strategy it wraps (a prefix).
+DP_STATE = "dp"
+WRAPPED_PREFIX = "strategy."
 
 
 @dataclass
@@ -47,7 +59,42 @@ class Checkpoint:
 
 
 def strategy_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
-    """Read the restart-relevant attributes of a Flower strategy as named arrays."""
+    """Read the restart-relevant state of a Flower strategy (or DP wrapper) as named arrays."""
+    inner = wrapped_strategy(strategy)
+    if inner is None:
+        return _attribute_state(strategy)
+    state = {DP_STATE: dp_state(strategy)}
+    for name, arrays in strategy_state(inner).items():
+        state[WRAPPED_PREFIX + name] = arrays
+    return state
+
+
+def restore_strategy_state(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
+    """Put state read by ``strategy_state`` back into a freshly built strategy.
+
+    Raises
+    ------
+    ConfigError
+        If ``strategy`` is a DP wrapper and the checkpoint holds no DP state (it was
+        written before fedge saved it), so the run cannot continue exactly.
+    """
+    inner = wrapped_strategy(strategy)
+    if inner is None:
+        _restore_attributes(strategy, state)
+        return
+    if DP_STATE not in state:
+        raise ConfigError(
+            "the checkpoint holds no differential-privacy state (an older fedge wrote it), "
+            "so resuming would not continue this run exactly; start a new run-name"
+        )
+    restore_dp_state(strategy, state[DP_STATE])
+    restore_strategy_state(
+        inner,
+        {k[len(WRAPPED_PREFIX) :]: v for k, v in state.items() if k.startswith(WRAPPED_PREFIX)},
+    )
+
+
+def _attribute_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
     state: dict[str, dict[str, np.ndarray]] = {}
     for attr in STATEFUL_ATTRIBUTES:
         value = getattr(strategy, attr, None)
@@ -62,21 +109,15 @@ def strategy_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
     return state
 
 
-def restore_strategy_state(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
-    """Put state read by ``strategy_state`` back into a freshly built strategy."""
+def _restore_attributes(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
     for attr, arrays in state.items():
-        if attr == "current_arrays":
-            setattr(strategy, attr, ArrayRecord(dict(_as_arrays(arrays))))
+        if attr == "current_arrays" and not isinstance(strategy, FedOpt):
+            # FedOpt keeps a dict of arrays, the others an ArrayRecord
+            setattr(strategy, attr, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
         elif attr == "momentum_vector":
             setattr(strategy, attr, [arrays[k] for k in sorted(arrays)])
         else:
             setattr(strategy, attr, dict(arrays))
-
-
-def _as_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    from flwr.app import Array
-
-    return {k: Array(v) for k, v in arrays.items()}
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:

@@ -97,7 +97,6 @@ def configured_strategy(cfg: RunConfig, grid: Grid) -> Strategy:
     """The registry's strategy for ``cfg``, wrapped for differential privacy if asked."""
     strategy = build_strategy(cfg)
     if cfg.dp != "none":
-        np.random.seed(cfg.seed)  # Flower's DP noise uses NumPy's global generator
         strategy = wrap_with_dp(strategy, cfg, _sampled_clients_per_round(grid, cfg))
     return strategy
 
