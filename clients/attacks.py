@@ -3,7 +3,9 @@
 A malicious client trains honestly, then corrupts the update it sends:
 ``sign-flip`` sends ``w_g - s (w - w_g)``, ``scale`` sends ``w_g + s (w - w_g)``,
 ``noise`` adds Gaussian noise with std ``s``, ``nan`` sends NaN weights and ``inf``
-sends +Inf. ``s`` is the run config's ``attack-scale``.
+sends +Inf. ``s`` is the run config's ``attack-scale``. A new attack is one more entry
+in ``ATTACKS`` and its name in ``fedge.core.run_config.ATTACKS``, which validates run
+configs (a test keeps the two equal).
 """
 
 from __future__ import annotations

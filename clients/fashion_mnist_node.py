@@ -1,18 +1,21 @@
 """A Fashion-MNIST training node: its data partition and its cached trainer.
 
 Built once per process and partition, reused every round (the simulation keeps its
-worker processes alive across rounds), so TensorFlow graphs are traced only once.
+worker processes alive across rounds), so TensorFlow graphs are traced only once. The
+node resolves its data set itself (run config or node config ``data-dir``, and this
+process's ``FEDGE_DATA_DIR``; see ``data.fashion_mnist``) and logs which one it uses.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from data.fashion_mnist import FashionMnist, load_fashion_mnist
+from data.fashion_mnist import DataSource, FashionMnist, load_fashion_mnist, locate_fashion_mnist
 from data.partitioning import partition_indices
 from fedge.core.errors import ConfigError
 from fedge.core.partition_scheme import PartitionScheme
@@ -22,12 +25,13 @@ from models.training import LocalTrainer, set_cpu_threads, to_model_input
 
 __all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class NodeData:
     """One partition: training and local validation arrays (model input form)."""
 
-    partition_id: int
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
@@ -41,10 +45,11 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 @lru_cache(maxsize=4)
 def _partitioned(
-    data_dir: str, scheme: PartitionScheme, num_partitions: int, seed: int
+    source: DataSource, scheme: PartitionScheme, num_partitions: int, seed: int
 ) -> tuple[FashionMnist, list[np.ndarray]]:
     """The data set and every partition's indices, computed once per process."""
-    dataset = load_fashion_mnist(data_dir or None)
+    dataset = load_fashion_mnist(source)
+    log.warning("node data: %s", dataset.describe())
     return dataset, partition_indices(dataset.y_train, num_partitions, scheme, seed)
 
 
@@ -52,7 +57,7 @@ def _partitioned(
 # Fashion-MNIST partition of 10 is ~20 MB in model-input form).
 @lru_cache(maxsize=64)
 def load_node_data(
-    data_dir: str,
+    source: DataSource,
     scheme: PartitionScheme,
     partition_id: int,
     num_partitions: int,
@@ -60,7 +65,7 @@ def load_node_data(
     max_train_samples: int = 0,
     validation_share: float = 0.2,
 ) -> NodeData:
-    """Load the data set, partition it and return partition ``partition_id``.
+    """Load the data set at ``source``, partition it and return partition ``partition_id``.
 
     The last ``validation_share`` of the (shuffled) partition is kept for local
     evaluation (0: the client evaluates on its training data). ``max_train_samples`` > 0
@@ -70,7 +75,7 @@ def load_node_data(
         raise ConfigError(
             f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)"
         )
-    dataset, parts = _partitioned(data_dir, scheme, num_partitions, seed)
+    dataset, parts = _partitioned(source, scheme, num_partitions, seed)
     own = np.random.default_rng(seed + partition_id).permutation(parts[partition_id])
     n_val = int(len(own) * validation_share) if len(own) >= 5 else 0
     train_idx, val_idx = own[: len(own) - n_val], own[len(own) - n_val :]
@@ -81,7 +86,6 @@ def load_node_data(
     x = dataset.x_train
     y = dataset.y_train.astype(np.int32)
     return NodeData(
-        partition_id,
         to_model_input(x[train_idx]),
         y[train_idx],
         to_model_input(x[val_idx]),
@@ -108,10 +112,14 @@ def get_trainer(task: str, momentum: float, cpu_threads: int = 0) -> LocalTraine
 
 
 def node_data_for(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeData:
-    """``load_node_data`` with the run config's data settings."""
+    """``load_node_data`` with the run config's data settings.
+
+    ``data-dir`` is resolved on every call (cheap), so the cache is keyed by the folder
+    actually used, never by a keyword whose meaning depends on the environment.
+    """
     scheme = PartitionScheme(cfg.partitioner, cfg.partitioner_param)
     return load_node_data(
-        cfg.data_dir,
+        locate_fashion_mnist(cfg.data_dir),
         scheme,
         partition_id,
         num_partitions,

@@ -1,6 +1,12 @@
-"""Evaluate the global model on the held-out test set on the server."""
+"""Evaluate the global model on the held-out test set on the server.
+
+The server resolves the run config's ``data-dir`` in its own process (its own
+``FEDGE_DATA_DIR``; see ``data.fashion_mnist``) and logs which data set it evaluates on.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from flwr.app import ArrayRecord, MetricRecord
 
@@ -11,12 +17,15 @@ from models.training import LocalTrainer, to_model_input
 
 __all__ = ["CentralEvaluator"]
 
+log = logging.getLogger(__name__)
+
 
 class CentralEvaluator:
     """Callable ``(round, arrays) -> MetricRecord`` with test loss and accuracy."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        dataset = load_fashion_mnist(cfg.data_dir or None)
+        dataset = load_fashion_mnist(cfg.data_dir)
+        log.warning("central evaluation data: %s", dataset.describe())
         self.x_test = to_model_input(dataset.x_test)
         self.y_test = dataset.y_test
         self._trainer = LocalTrainer(lambda: build_cnn(seed=cfg.seed))

@@ -2,7 +2,9 @@
 
 A new strategy is one more entry in ``STRATEGIES``: a function that takes the
 ``RunConfig`` and the keyword arguments every strategy shares, and returns a
-``flwr.serverapp.strategy.Strategy``.
+``flwr.serverapp.strategy.Strategy``; its name goes into
+``fedge.core.run_config.STRATEGIES`` too, which validates run configs (a test keeps the two
+equal).
 """
 
 from __future__ import annotations
@@ -27,15 +29,11 @@ from flwr.serverapp.strategy import (
 )
 
 from fedge.core.errors import ConfigError
-from fedge.core.run_config import RunConfig
+from fedge.core.run_config import RunConfig, UnknownStrategyError
 
 __all__ = ["STRATEGIES", "UnknownStrategyError", "build_strategy", "strategy_names"]
 
 StrategyBuilder = Callable[[RunConfig, dict[str, Any]], Strategy]
-
-
-class UnknownStrategyError(ConfigError):
-    """The run config names a strategy that is not registered."""
 
 
 def _fedopt_args(cfg: RunConfig) -> dict[str, float]:
@@ -80,18 +78,14 @@ def strategy_names() -> list[str]:
 def build_strategy(cfg: RunConfig) -> Strategy:
     """Return the Flower strategy named by ``cfg.strategy``, configured from ``cfg``.
 
+    ``RunConfig`` has already checked the name and the hyperparameters' ranges.
+
     Raises
     ------
-    UnknownStrategyError
-        If the name is not registered; the message lists the valid names.
     ConfigError
         If the strategy rejects its hyperparameters.
     """
-    builder = STRATEGIES.get(cfg.strategy)
-    if builder is None:
-        raise UnknownStrategyError(
-            f"unknown strategy {cfg.strategy!r}; valid names: {', '.join(strategy_names())}"
-        )
+    builder = STRATEGIES[cfg.strategy]
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,

@@ -15,17 +15,20 @@ __all__ = ["register"]
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fedge simulate``."""
-    from fedge.core.partition_scheme import PartitionScheme
+    from data.fashion_mnist import locate_fashion_mnist
     from fedge.core.run_config import RunConfig, parse_set_pairs
     from fedge.local_federation import LocalFederation
     from strategies.registry import build_strategy
 
     values = parse_set_pairs(args.set or [])
     values.setdefault("output-dir", str(Path(args.app_dir, "outputs").resolve()))
-    # fail fast on bad keys, values, strategy or partitioning, before Flower starts
+    # fail fast, before Flower starts: RunConfig checks every key and value, the strategy
+    # its hyperparameters; the data set is resolved with the environment the simulated
+    # clients and the ServerApp inherit (FEDGE_DATA_DIR)
     cfg = RunConfig.from_mapping(values)
     build_strategy(cfg)
-    PartitionScheme(cfg.partitioner, cfg.partitioner_param)
+    data = locate_fashion_mnist(cfg.data_dir)
+    print(f"fedge simulate: data set {data.describe()}")
     flwr_home = Path(args.flwr_home or Path(args.app_dir) / ".flwr-home")
     with LocalFederation(flwr_home, args.num_supernodes, args.client_cpus) as federation:
         federation.run(Path(args.app_dir), values, echo=True, timeout=args.timeout)

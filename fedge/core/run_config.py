@@ -1,24 +1,50 @@
 """The typed view of a Flower run config (``[tool.flwr.app.config]`` + ``--run-config``).
 
-Every knob has its default in ``pyproject.toml``; this module validates values and
-exposes them under Python names. Server and clients read the same class.
+Every knob has its default in ``pyproject.toml``; this module checks every value when a
+``RunConfig`` is built (names against the lists below, numbers against their ranges), so
+``fedge simulate``, ``fedge compare``, the ServerApp and the ClientApp all reject a bad
+run config before any process or round starts. Server and clients read the same class.
+
+The name lists live here, in the core, because the packages that implement them
+(``strategies.registry``, ``clients.attacks``, ``strategies.privacy``) sit above it; tests
+assert that each list equals its registry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fedge.core.compression_config import CompressionConfig
 from fedge.core.errors import ConfigError
+from fedge.core.partition_scheme import PARTITIONERS, PartitionScheme
 
-if TYPE_CHECKING:
-    from fedge.core.compression_config import CompressionConfig
+__all__ = [
+    "ATTACKS",
+    "DP_MODES",
+    "NON_TRAINING_KEYS",
+    "STRATEGIES",
+    "TASKS",
+    "RunConfig",
+    "UnknownStrategyError",
+    "parse_set_pairs",
+]
 
-__all__ = ["NON_TRAINING_KEYS", "RunConfig", "parse_set_pairs"]
+TASKS = ("fashion-mnist",)
+# Must equal the keys of ``strategies.registry.STRATEGIES``, in order.
+STRATEGIES = (
+    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+    "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg",
+)  # fmt: skip
+# "none" and the keys of ``clients.attacks.ATTACKS``.
+ATTACKS = ("none", "sign-flip", "scale", "noise", "nan", "inf")
+# Must equal ``strategies.privacy.DP_MODES``.
+DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 
 # Run-config keys that do not change what a run trains: paths, resuming, how long it
 # runs, and how many CPU threads it uses (threads change only the floating-point
@@ -26,6 +52,84 @@ __all__ = ["NON_TRAINING_KEYS", "RunConfig", "parse_set_pairs"]
 NON_TRAINING_KEYS = frozenset(
     {"output-dir", "run-name", "resume", "stop-after-round", "num-server-rounds", "cpu-threads"}
 )
+
+
+class UnknownStrategyError(ConfigError):
+    """The run config names a strategy that is not registered."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    """An interval a number must lie in; ``None`` leaves that side open-ended."""
+
+    low: float | None
+    high: float | None = None
+    low_closed: bool = True
+    high_closed: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        # written so that NaN lies in no range
+        above = self.low is None or (value >= self.low if self.low_closed else value > self.low)
+        below = self.high is None or (value <= self.high if self.high_closed else value < self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"be {'>=' if self.low_closed else '>'} {self.low:g}"
+        left = "[" if self.low_closed else "("
+        right = "]" if self.high_closed else ")"
+        return f"lie in {left}{self.low:g}, {self.high:g}{right}"
+
+
+_AT_LEAST_1 = _Range(1)
+_AT_LEAST_0 = _Range(0)
+_POSITIVE = _Range(0, low_closed=False)
+_SHARE = _Range(0, 1, high_closed=True)
+_BELOW_1 = _Range(0, 1)
+# The range of every numeric knob, with a note for the message where the range needs one
+# (``partitioner-param`` is checked by ``PartitionScheme``, the compression-* keys by
+# ``CompressionConfig``).
+_RANGES: dict[str, tuple[_Range, str]] = {
+    "num_server_rounds": (_AT_LEAST_1, ""),
+    "fraction_train": (_SHARE, ""),
+    "fraction_evaluate": (_SHARE, "0 skips federated evaluation"),
+    "min_available_nodes": (_AT_LEAST_1, ""),
+    "local_epochs": (_AT_LEAST_1, ""),
+    "batch_size": (_AT_LEAST_1, ""),
+    "learning_rate": (_POSITIVE, ""),
+    "momentum": (_BELOW_1, "SGD momentum"),
+    "num_partitions": (_AT_LEAST_0, "0 = the node config's"),
+    "seed": (_AT_LEAST_0, ""),
+    "max_train_samples": (_AT_LEAST_0, "0 = no cap"),
+    "validation_share": (_BELOW_1, ""),
+    "stop_after_round": (_AT_LEAST_0, "0 = run every round"),
+    "proximal_mu": (_AT_LEAST_0, "fedprox"),
+    "server_learning_rate": (_POSITIVE, "fedavgm"),
+    "server_momentum": (_BELOW_1, "fedavgm"),
+    "eta": (_POSITIVE, "fedadam, fedyogi, fedadagrad"),
+    "eta_l": (_POSITIVE, "fedadam, fedyogi, fedadagrad"),
+    "beta_1": (_BELOW_1, "fedadam, fedyogi"),
+    "beta_2": (_BELOW_1, "fedadam, fedyogi"),
+    "tau": (_POSITIVE, "fedadam, fedyogi, fedadagrad"),
+    "trimmed_beta": (_Range(0, 0.5), "the share fedtrimmedavg cuts from each end"),
+    "num_malicious_nodes": (_AT_LEAST_0, "krum, multikrum, bulyan"),
+    "krum_keep": (_AT_LEAST_0, "multikrum; 0 = 1"),
+    "q_param": (_AT_LEAST_0, "qfedavg"),
+    "malicious_fraction": (_SHARE, ""),
+    "attack_scale": (_AT_LEAST_0, ""),
+    "dp_noise_multiplier": (_AT_LEAST_0, ""),
+    "dp_clipping_norm": (_POSITIVE, ""),
+    "dp_target_quantile": (_Range(0, 1, low_closed=False), "dp=*-adaptive"),
+    "cpu_threads": (_AT_LEAST_0, "0 = TensorFlow's choice"),
+}
+# The name lists each enumerated knob must be one of.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "strategy": STRATEGIES,
+    "partitioner": PARTITIONERS,
+    "attack": ATTACKS,
+    "dp": DP_MODES,
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +150,7 @@ class RunConfig:
     partitioner_param: float = 0.5
     num_partitions: int = 0
     seed: int = 0
-    data_dir: str = "sample"
+    data_dir: str = "auto"
     max_train_samples: int = 0
     validation_share: float = 0.2
     output_dir: str = "outputs"
@@ -79,34 +183,32 @@ class RunConfig:
     cpu_threads: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("num_server_rounds", "local_epochs", "batch_size", "min_available_nodes")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("fraction_train", "fraction_evaluate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.validation_share < 1.0:
-            raise ConfigError(f"validation-share must lie in [0, 1), got {self.validation_share}")
-        if self.cpu_threads < 0:
-            raise ConfigError(
-                f"cpu-threads must be >= 0 (0 = TensorFlow's choice), got {self.cpu_threads}"
-            )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning-rate must be > 0, got {self.learning_rate}")
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                error = UnknownStrategyError if name == "strategy" else ConfigError
+                noun = {"dp": "dp mode"}.get(name, name)
+                raise error(f"unknown {noun} {value!r}; valid names: {', '.join(choices)}")
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_key(name)} must be a finite number, got {value}")
+        for name, (allowed, note) in _RANGES.items():
+            if getattr(self, name) not in allowed:
+                hint = f" ({note})" if note else ""
+                raise ConfigError(f"{_key(name)} must {allowed}{hint}, got {getattr(self, name)}")
+        try:
+            PartitionScheme(self.partitioner, self.partitioner_param)
+        except ConfigError as err:
+            raise ConfigError(f"partitioner-param {self.partitioner_param:g}: {err}") from err
         if self.compression.enabled and self.dp.startswith("client-"):
             raise ConfigError(
                 "client-side DP clipping needs full weights; turn compression off "
                 "(compression-bits=32, compression-topk=1.0) or use a server-side dp mode"
             )
-        if self.task != "fashion-mnist":
-            raise ConfigError(f"unknown task {self.task!r}; available: fashion-mnist")
 
     @property
     def compression(self) -> CompressionConfig:
         """How clients encode their updates (the ``compression-*`` keys)."""
-        from fedge.core.compression_config import CompressionConfig
-
         return CompressionConfig(
             bits=self.compression_bits,
             topk_ratio=self.compression_topk,
