@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import cv2
@@ -154,54 +153,121 @@ def test_opening_reconciles_leftovers_of_a_crash(tmp_path: Path, frames: list[np
     assert not (root / "frames" / "orphan.jpg").exists()
 
 
+# A writer that adds frames until it reaches a crash point, then says so on stdout and
+# blocks there for ever; the test kills it with SIGKILL only after that line, so the kill
+# lands exactly at the crash point. The crash points wrap the calls the store makes:
+#   jpeg-written  the Nth fsync: a JPEG is complete in tmp/, not yet renamed
+#   jpeg-renamed  the Nth rename: the JPEG is in frames/, its row not yet inserted
+#   evicting      the Nth unlink of a frame: evicted rows are deleted, their files not yet
 _WRITER = textwrap.dedent(
     """
-    import sys, cv2, numpy as np
-    from fedge.core.records import FrameResult
+    import os, signal, sys
+    import cv2
     from data.frame_store import FrameStore
-    cap = cv2.VideoCapture(sys.argv[2])
+    from fedge.core.records import FrameResult
+
+    root, clip, point, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    cap = cv2.VideoCapture(clip)
     images = [cv2.resize(cap.read()[1], (320, 240)) for _ in range(8)]
-    store = FrameStore(sys.argv[1], 6_000_000)
-    print("ready", flush=True)
-    i = 0
-    while True:
-        hard = i % 5 == 0
+    frames_dir = os.path.join(root, "frames") + os.sep
+    frame = calls = 0
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, os.unlink
+
+    def crash_point(where):
+        global calls
+        calls += 1
+        if calls == nth:
+            print("blocked", frame, where, flush=True)
+            while True:
+                signal.pause()
+
+    def fsync(fd):
+        real_fsync(fd)
+        if point == "jpeg-written":
+            crash_point(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def replace(src, dst, **kwargs):
+        real_replace(src, dst, **kwargs)
+        if point == "jpeg-renamed":
+            crash_point(os.fspath(dst))
+
+    def unlink(path, **kwargs):
+        if point == "evicting" and os.fspath(path).startswith(frames_dir):
+            crash_point(os.fspath(path))
+        real_unlink(path, **kwargs)
+
+    os.fsync, os.replace, os.unlink = fsync, replace, unlink
+    store = FrameStore(root, int(sys.argv[5]))
+    for frame in range(10 * nth + 200):
+        hard = frame % 5 == 0
         reasons = ["uncertain_score"] if hard else []
-        result = FrameResult(frame=i, time=1.7e9 + i, source="k", hard=hard, hard_reasons=reasons)
-        store.add(images[i % 8], result)
-        i += 1
+        result = FrameResult(frame=frame, time=1.7e9 + frame, source="k", hard=hard,
+                             hard_reasons=reasons)
+        store.add(images[frame % 8], result)
+    print("finished without reaching", point, flush=True)
     """
 )
+_KILL_BUDGET = 600_000  # about 30 frames: the writer evicts long before it is killed
 
 
-@pytest.mark.parametrize("delay_s", [0.3, 0.77])
-def test_sigkill_mid_write_leaves_a_readable_store(tmp_path: Path, delay_s: float) -> None:
+@pytest.mark.parametrize(
+    ("point", "nth"), [("jpeg-written", 60), ("jpeg-renamed", 60), ("evicting", 1)]
+)
+def test_sigkill_mid_write_leaves_a_readable_consistent_store(
+    tmp_path: Path, point: str, nth: int
+) -> None:
+    # Prepare: a writer blocked at the crash point, then killed there.
     root = tmp_path / "store"
     child = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(root), str(CLIP)],
+        [sys.executable, "-c", _WRITER, str(root), str(CLIP), point, str(nth), str(_KILL_BUDGET)],
         cwd=REPO,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    time.sleep(delay_s)  # writing (and evicting) flat out
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().rstrip("\n").split(" ", 2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        _, stderr = child.communicate()
+    assert line[:1] == ["blocked"], (line, stderr)
+    in_progress, where = int(line[1]), Path(line[2])
 
-    with FrameStore(root, 6_000_000) as store:
+    # Execute: reopen as the writer, which reconciles what the kill left behind.
+    with FrameStore(root, _KILL_BUDGET) as store:
+        report = store.recovery
         stored = list(store.iter_frames())
         images = [f.load_image() for f in stored]
         usage = store.usage_bytes()
         hard = store.hard_cases(status=None)
     on_disk = sorted((root / "frames").rglob("*.jpg"))
 
-    assert len(stored) > 5
+    # Assert: exactly the leftover of the crash point was repaired ...
+    if point == "jpeg-written":
+        assert where.name.endswith(".jpg.tmp") and where.parent == root / "tmp"
+        assert (report.temp_files_removed, report.rows_without_file) == (1, 0)
+        assert report.files_without_row == 0
+    elif point == "jpeg-renamed":
+        assert where.parent.parent == root / "frames"
+        assert (report.temp_files_removed, report.rows_without_file) == (0, 0)
+        assert report.files_without_row == 1
+    else:
+        assert where.parent.parent == root / "frames"
+        assert (report.temp_files_removed, report.rows_without_file) == (0, 0)
+        assert report.files_without_row >= 1  # the batch of evicted frames
+    assert not where.exists()
+    # ... every frame added before the kill that was not evicted is whole, the one being
+    # written is not there, and the store is back within its budget.
+    indices = [f.frame_index for f in stored]
+    assert indices == sorted(indices) and indices[-1] == in_progress - 1
+    assert 1 not in indices  # the writer had evicted frames before it was killed
     assert all(image.shape == (240, 320, 3) for image in images)
     assert len(on_disk) == len(stored)
     assert list((root / "tmp").iterdir()) == []
-    assert usage <= 6_000_000
-    assert all(f.frame_index % 5 == 0 for f in hard)
+    assert usage <= _KILL_BUDGET
+    assert hard and all(f.frame_index % 5 == 0 for f in hard)
 
 
 def test_disk_reserve_refuses_frame_and_keeps_what_is_stored(
