@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedge.commands.models",
     "fedge.commands.edge",
     "fedge.commands.compare",
+    "fedge.commands.cloud",
 )
 """One module per subcommand, in ``fedge --help`` order; add a line to add a command."""
 
