@@ -93,7 +93,7 @@ if [[ -x "$APP_DIR/.venv/bin/python" ]]; then
 fi
 for tool in python flwr flower-superlink flower-supernode; do
     command -v "$tool" >/dev/null \
-        || die "'$tool' not found; create $APP_DIR/.venv with 'pip install -e .' or put it on PATH"
+        || die "'$tool' not found; create $APP_DIR/.venv with 'bash scripts/setup.sh' (or pip install -e \".[train]\") or put it on PATH"
 done
 if [[ "$mode" == "tls" ]]; then
     command -v openssl >/dev/null || die "'openssl' not found; install it or use --insecure"

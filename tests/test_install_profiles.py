@@ -146,6 +146,20 @@ def test_models_fetch_and_help_work_with_heavy_packages_unimportable(
     assert tried_fetch == [] and tried_help == []
 
 
+def test_tasks_backend_without_mediapipe_is_a_one_line_error(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    done, _ = _fedge_without_heavy_packages(
+        tmp_path, "edge", "--source", str(SAMPLE_CLIP), "--max-frames", "2",
+        "--store-dir", str(tmp_path / "store"), "--model-dir", str(model_dir),
+        "--pose-backend", "tasks", "--quiet",
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert 'fedge[tasks]' in done.stderr
+
+
 def test_a_blocked_package_really_fails_to_import(tmp_path: Path) -> None:
     """The blocker itself works: a command that needs Flower fails for want of it."""
 

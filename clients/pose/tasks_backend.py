@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from clients.pose.base import NUM_LANDMARKS, person_from_landmarks
-from fedge.core.errors import ModelError
+from fedge.core.errors import ConfigError, ModelError
 from fedge.core.records import Person
 
 __all__ = ["TasksPoseEstimator"]
@@ -43,6 +43,7 @@ class TasksPoseEstimator:
         track: bool = False,
         num_threads: int | None = None,
     ) -> None:
+        _require_mediapipe()
         from mediapipe.tasks.python import BaseOptions, vision
 
         del num_threads  # see the class docstring
@@ -73,6 +74,7 @@ class TasksPoseEstimator:
         from clients.pose.task_bundle import build_pose_task_bundle
         from models.pretrained import read_model
 
+        _require_mediapipe()
         bundle = build_pose_task_bundle(
             read_model("pose_detection", cache_dir), read_model("pose_landmark_full", cache_dir)
         )
@@ -117,3 +119,14 @@ class TasksPoseEstimator:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _require_mediapipe() -> None:
+    """Raise a one-line ``ConfigError`` when MediaPipe is not installed (edge profile)."""
+    try:
+        import mediapipe.tasks.python  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            "the 'tasks' pose backend needs MediaPipe: pip install \"fedge[tasks]\" "
+            "(or use --pose-backend litert)"
+        ) from err
