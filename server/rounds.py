@@ -9,9 +9,11 @@ after every round (metrics log, checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,7 @@ from server.wire import messages_bytes
 from strategies.compression import UpdateDecodeError, decode_update_record, is_encoded_update
 from strategies.non_finite import split_non_finite
 
-__all__ = ["ClientReport", "RoundReport", "decode_replies", "run_rounds"]
+__all__ = ["ClientReport", "RoundReport", "decode_replies", "run_rounds", "seeded_node_sampling"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,22 @@ def _exchange(
     return replies, sent, messages_bytes(replies)
 
 
+@contextlib.contextmanager
+def seeded_node_sampling(seed: int, server_round: int) -> Iterator[None]:
+    """Make Flower's node sampling (``random.sample`` on the global ``random`` module)
+    depend only on ``(seed, server_round)`` inside the block, then restore the global state.
+
+    With ``fraction-train`` < 1 the nodes a round samples are then the same in a resumed
+    run as in an uninterrupted one (given the same connected nodes).
+    """
+    state = random.getstate()
+    random.seed(f"fedge-sampling/{seed}/{server_round}")
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def run_rounds(
     strategy: Strategy,
     grid: Grid,
@@ -126,6 +144,7 @@ def run_rounds(
     evaluate_fn: EvaluateFn | None,
     on_round_end: Callable[[RoundReport], None],
     timeout: float = 3600.0,
+    sampling_seed: int = 0,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` and return the final global arrays."""
     for server_round in range(first_round, last_round + 1):
@@ -133,7 +152,8 @@ def run_rounds(
         start = time.perf_counter()
         report = RoundReport(round=server_round, arrays=arrays)
 
-        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        with seeded_node_sampling(sampling_seed, server_round):
+            messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
         replies, sent, received = _exchange(grid, messages, timeout)
         report.bytes_sent += sent
         report.bytes_received += received
@@ -148,7 +168,10 @@ def run_rounds(
             arrays = new_arrays
         report.train = dict(train_metrics or {})
 
-        messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, grid))
+        with seeded_node_sampling(sampling_seed, -server_round):
+            messages = list(
+                strategy.configure_evaluate(server_round, arrays, evaluate_config, grid)
+            )
         if messages:
             replies, sent, received = _exchange(grid, messages, timeout)
             report.bytes_sent += sent

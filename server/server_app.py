@@ -89,6 +89,7 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_config=ConfigRecord(),
         evaluate_fn=evaluator,
         on_round_end=on_round_end,
+        sampling_seed=cfg.seed,
     )
     np.savez(run_dir / "final_weights.npz", *final.to_numpy_ndarrays())
 

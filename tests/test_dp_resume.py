@@ -7,6 +7,7 @@ real ClientApp in this process, so a stop-and-resume takes seconds, not Flower p
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,36 @@ def test_resuming_a_dp_run_from_a_checkpoint_without_dp_state_is_refused(tmp_pat
     # Execute / Assert
     with pytest.raises(ConfigError, match="new run-name"):
         restore_strategy_state(strategy, old_state)
+
+
+def test_resumed_run_with_node_sampling_trains_the_same_nodes_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    # Prepare: 2 of 3 nodes per round, no DP; Flower samples with the global ``random``
+    run = {
+        "data-dir": "sample",
+        "num-server-rounds": 4,
+        "max-train-samples": 60,
+        "fraction-train": 0.6,
+        "fraction-evaluate": 0.0,
+        "min-available-nodes": 2,
+        "output-dir": str(tmp_path),
+    }
+    _run_server_app({**run, "run-name": "straight"})
+    # Execute: stop after round 2, disturb the global random state, resume
+    _run_server_app({**run, "run-name": "resumed", "stop-after-round": 2})
+    random.seed(12345)
+    _run_server_app({**run, "run-name": "resumed", "resume": True})
+
+    # Assert: the same partitions trained in every round, and the same weights
+    def trained(name: str) -> list[list[int]]:
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        return [sorted(c["partition_id"] for c in r["clients"] if c.get("train")) for r in rows]
+
+    straight, resumed = trained("straight"), trained("resumed")
+    assert all(len(nodes) == 2 for nodes in straight), straight
+    assert len({tuple(n) for n in straight}) > 1, "sampling should vary between rounds"
+    assert resumed == straight
+    finals = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed")
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
