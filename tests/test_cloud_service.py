@@ -374,6 +374,18 @@ def test_round_trip_over_tls_with_a_token(serve, pki: Pki, real_teacher, frame_j
         assert box.has_edge or box.has_cloud
 
 
+def test_tls_key_that_does_not_belong_to_the_certificate_is_a_config_error(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # Prepare
+    other_key = tmp_path / "client.key"
+    other_key.write_bytes(pki.client_key)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="does not belong"):
+        TlsConfig.load(pki.server_cert, other_key)
+
+
 def test_mutual_tls_refuses_a_client_without_a_certificate(serve, pki: Pki, real_teacher) -> None:
     # Prepare
     tls = TlsConfig.load(pki.server_cert, pki.server_key, client_ca=None)

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedge.core.errors import ConfigError
@@ -107,6 +105,13 @@ class TlsConfig:
         ConfigError
             When a file cannot be read or parsed, or the key does not match.
         """
+        try:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+        except ImportError as err:  # TLS only: --insecure runs without it
+            raise ConfigError(
+                "TLS needs the 'cryptography' package: pip install 'fedge[cloud]'"
+            ) from err
         texts = {}
         for name, path in (("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca)):
             if path is None:
@@ -276,7 +281,10 @@ class CloudServer:
             else:
                 port = server.add_secure_port(config.address, config.tls.credentials())
         except RuntimeError as err:
-            raise ConfigError(f"cannot listen on {config.address}: {err}") from err
+            raise ConfigError(
+                f"cannot listen on {config.address}: the port is in use or the address is not "
+                "this machine's (choose another --port or --host)"
+            ) from err
         if port == 0:
             raise ConfigError(f"cannot listen on {config.address}: in use or not this machine's")
         server.start()
