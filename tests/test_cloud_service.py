@@ -29,7 +29,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.proto import cloud_pb2, cloud_pb2_grpc
 from fedge.core.records import Detection
 from server.cloud.cases import CaseError, CaseLimits, DecodedCase, decode_case, jpeg_dimensions
-from server.cloud.limits import RateLimiter
+from server.cloud.limits import MAX_TRACKED_NODES, RateLimiter
 from server.cloud.service import CloudServer, ServerConfig, TlsConfig
 from server.cloud.teacher import build_teacher
 from server.cloud.tokens import TokenTable
@@ -347,6 +347,21 @@ def test_rate_limiter_refills_with_the_injected_clock() -> None:
     assert burst == [True, True, False]
     assert other is True
     assert refilled == [True, False]
+
+
+def test_rate_limiter_forgets_refilled_buckets_of_many_nodes() -> None:
+    # Prepare: ever new node ids (callers without tokens can name any)
+    clock = ManualClock()
+    limiter = RateLimiter(60, clock=clock)
+    for i in range(MAX_TRACKED_NODES):
+        limiter.allow(f"node-{i}")
+
+    # Execute
+    clock.now += 60.0  # every bucket refilled
+    limiter.allow("one-more")
+
+    # Assert
+    assert limiter.tracked_nodes == 1
 
 
 # --- the service -------------------------------------------------------------------------

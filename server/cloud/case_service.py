@@ -30,7 +30,13 @@ import grpc
 from fedge.core.files import atomic_write
 from fedge.core.proto import cloud_pb2
 from server.cloud.calibration import Calibration
-from server.cloud.cases import CaseError, CaseLimits, DecodedCase, decode_case
+from server.cloud.cases import (
+    MAX_NODE_ID_LENGTH,
+    CaseError,
+    CaseLimits,
+    DecodedCase,
+    decode_case,
+)
 from server.cloud.inference import Teacher, infer_case
 from server.cloud.limits import RateLimiter
 from server.cloud.results import ResultStore
@@ -138,8 +144,11 @@ class CaseService:
             With the status to answer (see the module docstring).
         """
         node = message.node_id
-        if not node:
-            raise CaseError(grpc.StatusCode.INVALID_ARGUMENT, "node_id is missing: name the node")
+        if not node or len(node) > MAX_NODE_ID_LENGTH:
+            raise CaseError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node_id is missing or longer than {MAX_NODE_ID_LENGTH} characters",
+            )
         if caller is not None and node != caller:
             raise CaseError(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -38,6 +38,7 @@ from fedge.core.proto import cloud_pb2
 from fedge.core.records import Detection, Person
 
 __all__ = [
+    "MAX_NODE_ID_LENGTH",
     "MODE_NAMES",
     "NUM_LANDMARKS",
     "CaseError",
@@ -51,6 +52,9 @@ __all__ = [
 
 NUM_LANDMARKS = 33
 """Landmarks per BlazePose person."""
+
+MAX_NODE_ID_LENGTH = 128
+"""Longest node id a case may name."""
 
 MODE_NAMES: dict[int, str] = {
     cloud_pb2.PRIVACY_MODE_LANDMARKS: "landmarks",
@@ -342,6 +346,8 @@ def decode_case(message: cloud_pb2.HardCase, limits: CaseLimits | None = None) -
     limits = limits or CaseLimits()
     if not message.node_id:
         raise _invalid("node_id is missing: every hard case names its node")
+    if len(message.node_id) > MAX_NODE_ID_LENGTH:
+        raise _invalid(f"node_id is longer than {MAX_NODE_ID_LENGTH} characters")
     if message.frame_id <= 0:
         raise _invalid(
             f"frame_id {message.frame_id} is missing: send the frame's store id (1 or more)"

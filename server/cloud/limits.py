@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 from fedge.core.errors import ConfigError
 
-__all__ = ["Clock", "ConcurrencyLimit", "RateLimiter"]
+__all__ = ["MAX_TRACKED_NODES", "Clock", "ConcurrencyLimit", "RateLimiter"]
+
+MAX_TRACKED_NODES = 10_000
+"""Buckets kept before the full ones are forgotten."""
 
 Clock = Callable[[], float]
 """Seconds on a monotonic clock (``time.monotonic`` by default)."""
@@ -57,6 +60,8 @@ class RateLimiter:
         with self._lock:
             bucket = self._buckets.get(node)
             if bucket is None:
+                if len(self._buckets) >= MAX_TRACKED_NODES:
+                    self._forget_full(now)
                 bucket = self._buckets[node] = _Bucket(tokens=self.per_minute, updated=now)
             elapsed = max(0.0, now - bucket.updated)
             bucket.tokens = min(self.per_minute, bucket.tokens + elapsed * self.per_minute / 60.0)
@@ -65,6 +70,22 @@ class RateLimiter:
                 return False
             bucket.tokens -= 1.0
             return True
+
+    @property
+    def tracked_nodes(self) -> int:
+        """Nodes with a bucket in memory."""
+        with self._lock:
+            return len(self._buckets)
+
+    def _forget_full(self, now: float) -> None:
+        # a bucket that has refilled is the same as no bucket: forget it (bounded memory
+        # when callers without tokens name ever new node ids)
+        refill = self.per_minute / 60.0
+        self._buckets = {
+            node: bucket
+            for node, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.updated) * refill < self.per_minute
+        }
 
     def retry_after(self, node: str) -> float:
         """Seconds until ``node``'s bucket holds a token again (0 when it holds one)."""
