@@ -1,0 +1,239 @@
+"""The teacher ensemble on real frames of the sample clip: HOG, BlazePose tiles, WBF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from clients.pose import create_pose_estimator
+from fedge.core.errors import ConfigError, ModelError
+from fedge.core.records import Detection, Person
+from server.cloud.cases import CropImage, DecodedCase
+from server.cloud.fusion import match_boxes
+from server.cloud.person_boxes import landmark_person_box
+from server.cloud.teacher import (
+    LIMB_JOINTS,
+    HogPeopleDetector,
+    TeacherEnsemble,
+    build_teacher,
+    hog_people_detector,
+    tile_origins,
+)
+
+CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
+
+# People in two frames of the clip, labelled by hand (x1, y1, x2, y2 in the 640x480
+# frame; visible extent; frame 24's man in red is hidden below the waist by the woman in
+# front of him). Frame 120 also shows a yellow cloth on the grass, which is no person.
+PEOPLE = {
+    24: [
+        (50, 143, 79, 199), (305, 126, 327, 192), (488, 132, 511, 198),
+        (531, 254, 561, 342), (153, 290, 197, 355), (151, 330, 200, 457),
+    ],
+    120: [
+        (147, 124, 172, 187), (217, 129, 248, 192), (383, 166, 410, 238),
+        (515, 147, 539, 215), (567, 248, 606, 343), (244, 298, 298, 407),
+    ],
+}  # fmt: skip
+FOUND_IOU = 0.3
+"""A box finds a labelled person when the one-to-one matching pairs them at this IoU."""
+COUNTED_SCORE = 0.3
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[int, np.ndarray]:
+    capture = cv2.VideoCapture(str(CLIP))
+    found: dict[int, np.ndarray] = {}
+    index = 0
+    while len(found) < len(PEOPLE):
+        ok, frame = capture.read()
+        assert ok, f"{CLIP} ended before frame {max(PEOPLE)}"
+        if index in PEOPLE:
+            found[index] = frame
+        index += 1
+    capture.release()
+    return found
+
+
+@pytest.fixture(scope="module")
+def teacher(model_dir: Path) -> TeacherEnsemble:
+    return build_teacher(model_dir=model_dir, num_threads=1)
+
+
+def _people_found(boxes: list[tuple[float, float, float, float]], people: list) -> int:
+    return len(match_boxes(np.asarray(boxes).reshape(-1, 4), np.asarray(people), FOUND_IOU))
+
+
+def _case(frame_id: int, mode: str, **fields: object) -> DecodedCase:
+    values: dict[str, object] = {
+        "node_id": "node-1", "frame_id": frame_id, "capture_time": 0.0, "mode": mode,
+        "model_version": "test", "frame_width": 640, "frame_height": 480,
+        "detections": (), "persons": (), "hard_reasons": (), "frame": None, "crops": (),
+    }  # fmt: skip
+    values.update(fields)
+    return DecodedCase(**values)  # type: ignore[arg-type]
+
+
+def test_opencv_ships_the_hog_people_detector() -> None:
+    # Execute
+    hog = hog_people_detector()
+    weights = cv2.HOGDescriptor_getDefaultPeopleDetector()
+
+    # Assert: the SVM has one weight per HOG feature of the 64x128 window, plus a bias
+    assert hog.winSize == (64, 128)
+    assert np.asarray(weights).size == hog.getDescriptorSize() + 1
+
+
+@pytest.mark.parametrize("frame_id", sorted(PEOPLE))
+def test_ensemble_finds_more_people_than_the_nodes_blazepose(
+    frame_id: int, frames: dict[int, np.ndarray], teacher: TeacherEnsemble, model_dir: Path
+) -> None:
+    # Prepare: BlazePose as `fedge edge` builds it (LiteRT backend, tracking on)
+    frame = frames[frame_id]
+    node = create_pose_estimator("litert", model_dir, num_threads=1, track=True)
+    people = PEOPLE[frame_id]
+
+    # Execute
+    node_boxes = [landmark_person_box(p.landmarks, 640, 480) for p in node.estimate(frame)]
+    teacher_boxes = [
+        d.box
+        for d in teacher.detect(_case(frame_id, "frames", frame=frame))
+        if d.score >= COUNTED_SCORE
+    ]
+
+    # Assert
+    found_by_node = _people_found(node_boxes, people)
+    found_by_teacher = _people_found(teacher_boxes, people)
+    assert found_by_teacher > found_by_node
+    assert found_by_teacher >= len(people) - 2
+    assert len(teacher_boxes) - found_by_teacher <= 1  # at most one box on no one
+
+
+def test_crops_mode_returns_boxes_in_frame_coordinates(
+    frames: dict[int, np.ndarray], teacher: TeacherEnsemble
+) -> None:
+    # Prepare: padded crops around two far people of frame 24, as a node would send them
+    frame = frames[24]
+    people = [PEOPLE[24][0], PEOPLE[24][2]]
+    crops = []
+    for x1, y1, x2, y2 in people:
+        cx1, cy1 = max(0, x1 - 40), max(0, y1 - 40)
+        cx2, cy2 = min(640, x2 + 40), min(480, y2 + 40)
+        crops.append(CropImage(image=frame[cy1:cy2, cx1:cx2].copy(), x=cx1, y=cy1))
+    case = _case(24, "crops", crops=tuple(crops))
+
+    # Execute
+    found = teacher.detect(case)
+
+    # Assert: each person is found where it is in the frame, and nothing outside the crops
+    boxes = [d.box for d in found if d.score >= COUNTED_SCORE]
+    assert _people_found(boxes, people) == 2
+    for x1, y1, x2, y2 in (d.box for d in found):
+        assert any(
+            c.x <= x1
+            and c.y <= y1
+            and x2 <= c.x + c.image.shape[1]
+            and y2 <= c.y + c.image.shape[0]
+            for c in crops
+        )
+
+
+def test_landmarks_mode_returns_one_recalibrated_box_per_pose(
+    frames: dict[int, np.ndarray], teacher: TeacherEnsemble, model_dir: Path
+) -> None:
+    # Prepare: the node's real pose of frame 24, and a copy whose limbs are invisible
+    node = create_pose_estimator("litert", model_dir, num_threads=1, track=True)
+    poses = node.estimate(frames[24])
+    assert poses, "the node's BlazePose finds the near woman of frame 24"
+    seen = poses[0]
+    hidden = seen.landmarks.copy()
+    hidden[list(LIMB_JOINTS), 3] = 0.0
+    shifted = hidden.copy()
+    shifted[:, 0] += 200.0
+    persons = (seen, Person(landmarks=shifted, score=seen.score, box=(0.0, 0.0, 1.0, 1.0)))
+    case = _case(24, "landmarks", persons=persons)
+
+    # Execute
+    found = teacher.detect(case)
+
+    # Assert
+    assert len(found) == 2
+    assert found[0].box == landmark_person_box(seen.landmarks, 640, 480)
+    assert found[1].box == landmark_person_box(shifted, 640, 480)
+    visibility = float(seen.landmarks[list(LIMB_JOINTS), 3].mean())
+    assert found[0].score == pytest.approx(seen.score * visibility)
+    assert found[1].score == 0.0
+
+
+def test_tiles_cover_the_frame_with_the_stated_overlap() -> None:
+    # Execute
+    columns = tile_origins(640, 160, 48)
+    single = tile_origins(100, 160, 48)
+
+    # Assert
+    assert columns == [0, 112, 224, 336, 448, 480]
+    assert all(b - a <= 160 - 48 for a, b in zip(columns, columns[1:], strict=False))
+    assert single == [0]
+
+
+def test_hog_upscales_small_images_and_caps_large_ones() -> None:
+    # Prepare
+    hog = HogPeopleDetector(upscale=2.0, max_pixels=1_400_000)
+
+    # Execute / Assert
+    assert hog.scale_for(640, 480) == 2.0
+    assert hog.scale_for(1920, 1080) == 1.0  # 2x would be 8.3 M pixels; never below 1
+    assert hog.scale_for(40, 60) == pytest.approx(160 / 60)  # fits 1.25 windows
+
+
+def test_hog_finds_most_people_of_a_frame_with_far_pedestrians(
+    frames: dict[int, np.ndarray],
+) -> None:
+    # Execute
+    found = HogPeopleDetector().detect(frames[120])
+
+    # Assert
+    boxes = [d.box for d in found]
+    assert _people_found(boxes, PEOPLE[120]) >= 4
+    assert all(0.0 <= d.score <= 1.0 and d.label == "person" for d in found)
+
+
+def test_unknown_member_or_score_rule_is_a_config_error(model_dir: Path) -> None:
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="hog, blazepose-tiles"):
+        build_teacher(model_dir=model_dir, members=["yolo"])
+    with pytest.raises(ConfigError, match="avg, max"):
+        build_teacher(model_dir=model_dir, members=[], conf_type="median")
+
+
+def test_an_extra_model_without_postprocessed_outputs_is_a_model_error(model_dir: Path) -> None:
+    # Prepare: BlazeFace is a raw-anchor SSD, not a post-processed COCO SSD
+    path = model_dir / "face_detection_short_range.tflite"
+
+    # Execute / Assert
+    with pytest.raises(ModelError, match="face_detection_short_range.*TFLite_Detection_Post"):
+        build_teacher(model_dir=model_dir, members=[], extra_models=[path])
+
+
+def test_the_version_names_the_members(teacher: TeacherEnsemble) -> None:
+    # Assert
+    assert teacher.version == "hog+blazepose-tiles/1"
+    assert teacher.detect(_case(1, "landmarks")) == []
+
+
+def test_detections_are_persons_in_the_frame(
+    frames: dict[int, np.ndarray], teacher: TeacherEnsemble
+) -> None:
+    # Execute
+    found = teacher.detect_image(frames[24])
+
+    # Assert
+    assert found
+    for d in found:
+        assert isinstance(d, Detection) and d.label == "person" and 0.0 <= d.score <= 1.0
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
