@@ -237,3 +237,59 @@ def test_detections_are_persons_in_the_frame(
         x1, y1, x2, y2 = d.box
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
     assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+
+
+def _postprocess_signature() -> str:
+    ints = {"max_detections": 10, "max_classes_per_detection": 1, "detections_per_class": 10}
+    floats = {"nms_score_threshold": 0.1, "nms_iou_threshold": 0.5, "y_scale": 10.0,
+              "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0}  # fmt: skip
+    parts = ['name: "TFLite_Detection_PostProcess"']
+    parts += [f'attr {{ key: "{k}" value {{ i: {v} }} }}' for k, v in ints.items()]
+    parts += [f'attr {{ key: "{k}" value {{ f: {v} }} }}' for k, v in floats.items()]
+    parts += ['attr { key: "num_classes" value { i: 2 } }']
+    parts += ['attr { key: "use_regular_nms" value { b: false } }']
+    return " ".join(parts)
+
+
+def _two_class_ssd(path: Path) -> None:
+    """A post-processed SSD with two anchors: the left half is class 0 (COCO ``person``,
+    score 0.9), the right half class 1 (``bicycle``, score 0.8); box encodings are 0."""
+    import tensorflow as tf
+
+    anchors = np.array([[0.5, 0.25, 1.0, 0.5], [0.5, 0.75, 1.0, 0.5]], dtype=np.float32)
+
+    @tf.function(experimental_implements=_postprocess_signature())
+    def postprocess(box_encodings, class_predictions, anchor_boxes):  # type: ignore[no-untyped-def]
+        zero = tf.constant(0.0, dtype=tf.float32)
+        return zero, zero, zero, zero
+
+    class TwoClassSsd(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+        def __call__(self, image):  # type: ignore[no-untyped-def]
+            base = tf.reduce_mean(image) * 0.0  # keeps the input in the graph
+            encodings = tf.zeros([1, 2, 4]) + base
+            scores = tf.constant([[[0.0, 0.9, 0.0], [0.0, 0.0, 0.8]]]) + base
+            return postprocess(encodings, scores, tf.constant(anchors))
+
+    module = TwoClassSsd()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module
+    )
+    converter.allow_custom_ops = True
+    path.write_bytes(converter.convert())
+
+
+def test_an_operators_ssd_adds_its_person_boxes_only(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "coco_ssd.tflite"
+    _two_class_ssd(path)
+    teacher = build_teacher(members=[], extra_models=[path])
+
+    # Execute
+    found = teacher.detect_image(np.full((200, 400, 3), 128, dtype=np.uint8))
+
+    # Assert: the left half (class 0) is a person, the right half (class 1) is dropped
+    assert teacher.version == "ssd:coco_ssd/1"
+    assert len(found) == 1
+    assert found[0].box == pytest.approx((0.0, 0.0, 200.0, 200.0), abs=1.0)
+    assert found[0].score == pytest.approx(0.9, abs=0.01)
