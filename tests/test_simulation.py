@@ -33,7 +33,9 @@ def test_flwr_run_trains_well_above_chance_and_logs_one_line_per_round(
     rows = read_metrics(tmp_path / "sim" / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3]
     accuracy = [r["central"]["accuracy"] for r in rows]
-    assert accuracy[-1] > 0.4, accuracy  # chance is 0.1
+    # measured final 0.463-0.479 (oneDNN ISA SSE41/AVX2/AVX512_CORE or off; round 1
+    # 0.223-0.224); run seed 1 gives 0.625-0.629; chance is 0.1
+    assert accuracy[-1] > 0.3, accuracy
     assert accuracy[-1] > accuracy[0]
     for row in rows:
         assert len(row["clients"]) == 4
@@ -65,6 +67,7 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_run(
     straight = _final_weights(tmp_path / "straight")
     resumed = _final_weights(tmp_path / "resumed")
     worst = max(float(np.abs(a - b).max()) for a, b in zip(straight, resumed, strict=True))
+    # same machine, same kernels: measured 0.0 (bit-identical) with AVX512_CORE and AVX2
     assert worst <= 1e-5, f"resumed weights differ by {worst}"
 
 
