@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# A developer's FEDGE_DATA_DIR would silently switch every test that uses the default
+# data-dir ("auto") to another data set (e.g. the full 60k): tests name their data.
+os.environ.pop("FEDGE_DATA_DIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -234,3 +234,19 @@ def test_unknown_partitioner_and_missing_parameter_are_rejected() -> None:
         parse_partition_scheme("shards:3")
     with pytest.raises(ConfigError, match="needs a parameter"):
         parse_partition_scheme("dirichlet")
+
+
+def test_resume_on_another_data_set_than_the_run_started_on_is_refused(
+    env_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.run_directory import prepare_run_directory
+
+    # Prepare: a run started with data-dir=auto while FEDGE_DATA_DIR named env_data
+    cfg = RunConfig(output_dir=str(tmp_path), run_name="r")
+    prepare_run_directory(cfg)
+    resumed = RunConfig(output_dir=str(tmp_path), run_name="r", resume=True)
+    prepare_run_directory(resumed)  # same data: fine
+    # Execute / Assert: the same run config in a shell without FEDGE_DATA_DIR
+    monkeypatch.delenv("FEDGE_DATA_DIR")
+    with pytest.raises(ConfigError, match="started on data set"):
+        prepare_run_directory(resumed)
