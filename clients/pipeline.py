@@ -1,5 +1,9 @@
 """The edge pipeline: capture → pose → SSD → hard cases + store, in threads.
 
+With a top-down pose model (``clients.pose.TopDownPoseEstimator``: a person detector,
+then BlazePose landmarks per box) the pose stage also puts the person detector's boxes
+into the frame's ``detections``, where hard-case selection sees them beside the SSD's.
+
 Each stage runs in its own thread(s) and hands frames to the next through a small
 bounded queue, so while SSD looks at frame *n*, pose is already on frame *n + 1* and
 the store is writing frame *n − 1*: throughput is set by the slowest stage, not by the
@@ -26,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +46,7 @@ __all__ = [
     "PipelineOutput",
     "PipelineStats",
     "PoseModel",
+    "TopDownPoseModel",
 ]
 
 STAGES: tuple[str, ...] = ("capture", "pose", "ssd", "store", "total")
@@ -55,6 +60,13 @@ class PoseModel(Protocol):
     """Anything that finds people and their pose landmarks in a BGR frame."""
 
     def estimate(self, frame_bgr: np.ndarray) -> list[Person]: ...
+
+
+@runtime_checkable
+class TopDownPoseModel(Protocol):
+    """A pose model with its own person detector: poses and the detector's boxes."""
+
+    def find_people(self, frame_bgr: np.ndarray) -> tuple[list[Person], list[Detection]]: ...
 
 
 class DetectorModel(Protocol):
@@ -353,7 +365,12 @@ class Pipeline:
 def _pose_step(model: PoseModel) -> Callable[[_Work], None]:
     def step(work: _Work) -> None:
         started = time.perf_counter()
-        work.result.persons = list(model.estimate(work.frame.image))
+        if isinstance(model, TopDownPoseModel):
+            persons, boxes = model.find_people(work.frame.image)
+            work.result.detections.extend(boxes)
+        else:
+            persons = model.estimate(work.frame.image)
+        work.result.persons = list(persons)
         work.result.timings_ms["pose"] = (time.perf_counter() - started) * 1000.0
 
     return step
@@ -362,7 +379,7 @@ def _pose_step(model: PoseModel) -> Callable[[_Work], None]:
 def _detector_step(model: DetectorModel) -> Callable[[_Work], None]:
     def step(work: _Work) -> None:
         started = time.perf_counter()
-        work.result.detections = list(model.detect(work.frame.image))
+        work.result.detections.extend(model.detect(work.frame.image))  # after pose's boxes
         work.result.timings_ms["ssd"] = (time.perf_counter() - started) * 1000.0
 
     return step

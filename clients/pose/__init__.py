@@ -1,4 +1,5 @@
-"""Pose estimation: 33 BlazePose landmarks per person, on LiteRT or MediaPipe Tasks."""
+"""Pose estimation: 33 BlazePose landmarks per person, on LiteRT or MediaPipe Tasks;
+top-down (a person detector's boxes, then landmarks per box) on LiteRT."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from clients.pose.base import LANDMARK_NAMES, NUM_LANDMARKS, PoseEstimator, person_from_landmarks
-from clients.pose.litert_backend import LiteRTPoseEstimator
+from clients.pose.litert_backend import LiteRTPoseEstimator, PoseLandmarker
+from clients.pose.top_down import TopDownPoseEstimator, roi_from_box
 
 if TYPE_CHECKING:
     from clients.pose.tasks_backend import TasksPoseEstimator
@@ -18,9 +20,12 @@ __all__ = [
     "POSE_BACKENDS",
     "LiteRTPoseEstimator",
     "PoseEstimator",
+    "PoseLandmarker",
     "TasksPoseEstimator",
+    "TopDownPoseEstimator",
     "create_pose_estimator",
     "person_from_landmarks",
+    "roi_from_box",
 ]
 
 POSE_BACKENDS: dict[str, str] = {

@@ -30,9 +30,46 @@ from fedge.core.errors import ModelError
 from fedge.core.geometry import iou
 from fedge.core.records import Person
 
-__all__ = ["LiteRTPoseEstimator"]
+__all__ = ["LiteRTPoseEstimator", "PoseLandmarker"]
 
 _TRACK_DUPLICATE_IOU = 0.6
+
+
+class PoseLandmarker:
+    """The BlazePose landmark model alone: a rotated ROI of a frame in, 39 landmarks out.
+
+    Parameters
+    ----------
+    landmark_model
+        ``pose_landmark_*.tflite`` as a path or bytes.
+    num_threads
+        LiteRT interpreter threads.
+    """
+
+    def __init__(
+        self, landmark_model: str | os.PathLike[str] | bytes, *, num_threads: int | None = None
+    ) -> None:
+        self.model = LiteRTModel(landmark_model, num_threads=num_threads)
+        self._outputs = _landmark_output_order(self.model)
+        self.input_size = self.model.inputs[0].shape[1]
+
+    @classmethod
+    def from_cache(
+        cls, cache_dir: str | os.PathLike[str] | None = None, *, num_threads: int | None = None
+    ) -> PoseLandmarker:
+        """Build from the verified model cache (``fedge models fetch``)."""
+        from models.pretrained import read_model
+
+        return cls(read_model("pose_landmark_full", cache_dir), num_threads=num_threads)
+
+    def landmarks_in_roi(self, frame_bgr: np.ndarray, roi: RotatedRect) -> tuple[np.ndarray, float]:
+        """Return ``(39, 4)`` pixel landmarks (33 body + 6 auxiliary) and pose presence."""
+        crop = crop_to_tensor(frame_bgr, roi, self.input_size, self.input_size, "replicate")
+        pixels = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        outputs = self.model.run(normalize_pixels(pixels, 0.0, 255.0))
+        raw, presence, heatmap = (outputs[i] for i in self._outputs)
+        landmarks = refine_with_heatmap(decode_landmarks(raw, self.input_size), heatmap)
+        return project_landmarks(landmarks, roi), float(presence.reshape(-1)[0])
 
 
 class LiteRTPoseEstimator:
@@ -70,9 +107,9 @@ class LiteRTPoseEstimator:
             BLAZEPOSE_DETECTOR, score_threshold=min_detection_score, max_detections=max_poses
         )
         self.detector = Detector(detector_model, spec, num_threads=num_threads)
-        self.landmark_model = LiteRTModel(landmark_model, num_threads=num_threads)
-        self._outputs = _landmark_output_order(self.landmark_model)
-        self.input_size = self.landmark_model.inputs[0].shape[1]
+        self.landmarker = PoseLandmarker(landmark_model, num_threads=num_threads)
+        self.landmark_model = self.landmarker.model
+        self.input_size = self.landmarker.input_size
         self.min_presence_score = min_presence_score
         self.track = track
         self.redetect_every = max(1, redetect_every)
@@ -106,12 +143,7 @@ class LiteRTPoseEstimator:
 
     def landmarks_in_roi(self, frame_bgr: np.ndarray, roi: RotatedRect) -> tuple[np.ndarray, float]:
         """Return ``(39, 4)`` pixel landmarks (33 body + 6 auxiliary) and pose presence."""
-        crop = crop_to_tensor(frame_bgr, roi, self.input_size, self.input_size, "replicate")
-        pixels = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-        outputs = self.landmark_model.run(normalize_pixels(pixels, 0.0, 255.0))
-        raw, presence, heatmap = (outputs[i] for i in self._outputs)
-        landmarks = refine_with_heatmap(decode_landmarks(raw, self.input_size), heatmap)
-        return project_landmarks(landmarks, roi), float(presence.reshape(-1)[0])
+        return self.landmarker.landmarks_in_roi(frame_bgr, roi)
 
     def estimate(self, frame_bgr: np.ndarray) -> list[Person]:
         """Return the people in ``frame_bgr`` with 33 landmarks each, in pixels."""

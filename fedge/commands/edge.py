@@ -1,8 +1,9 @@
 """``fedge edge``: run the edge node on a camera, a video, a stream or a folder of images.
 
-Per frame: pose (BlazePose) and SSD detections, hard-case selection, the frame in the
-local store, optionally a JSON line and an annotated video frame; live FPS and stage
-latencies on the console. Ctrl-C (or SIGTERM) stops cleanly.
+Per frame: pose (BlazePose; with ``--person-model``, top-down on a person detector's
+boxes) and SSD detections, hard-case selection, the frame in the local store,
+optionally a JSON line and an annotated video frame; live FPS and stage latencies on
+the console. Ctrl-C (or SIGTERM) stops cleanly.
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ def register(subparsers: Any) -> None:
         choices=("litert", "tasks"),
         help="BlazePose on LiteRT (default) or on MediaPipe Tasks",
     )
+    parser.add_argument(
+        "--person-model",
+        metavar="PATH",
+        help="person detector (TFLite SSD with TFLite_Detection_PostProcess outputs, class 0 "
+        "a person): pose runs top-down, BlazePose landmarks on each of its boxes",
+    )
+    parser.add_argument(
+        "--max-persons",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --person-model: landmarks for at most N people a frame, best boxes "
+        "first (default: 4; 0: boxes only)",
+    )
     parser.add_argument("--no-pose", action="store_true", help="skip pose estimation")
     parser.add_argument("--no-ssd", action="store_true", help="skip the SSD detector")
     parser.add_argument("--quiet", action="store_true", help="no live console, summary only")
@@ -152,7 +167,9 @@ def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
     """
     pose: list[Any] | None = None
     detector = None
-    if not args.no_pose:
+    if args.person_model:
+        pose = _top_down_estimators(args, min_score, args.pose_workers or default_pose_workers())
+    elif not args.no_pose:
         from clients.pose import create_pose_estimator
 
         workers = args.pose_workers or default_pose_workers()
@@ -171,10 +188,40 @@ def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
     return pose, detector
 
 
-def _detector_labels(detector: Any) -> tuple[str, ...] | None:
+def _top_down_estimators(args: argparse.Namespace, min_score: float, workers: int) -> list[Any]:
+    """One top-down pose estimator per pose worker, each with its own person detector
+    (keeping boxes down to ``min_score``, like the SSD) and landmark model."""
+    from clients.pose.top_down import TopDownPoseEstimator, load_person_detector
+
+    return [
+        TopDownPoseEstimator.from_cache(
+            load_person_detector(
+                args.person_model, score_threshold=min_score, num_threads=args.threads
+            ),
+            args.model_dir,
+            num_threads=args.threads,
+            max_persons=args.max_persons,
+        )
+        for _ in range(workers)
+    ]
+
+
+def _detector_labels(detector: Any, person_model: bool = False) -> tuple[str, ...] | None:
     spec = getattr(detector, "spec", None)
-    labels = getattr(spec, "labels", None)
-    return tuple(labels) if labels else None
+    labels = tuple(getattr(spec, "labels", None) or ())
+    if person_model:  # its person boxes take part in the pose/box disagreement check
+        labels += ("person",)
+    return labels or None
+
+
+def _check_person_flags(args: argparse.Namespace) -> None:
+    if args.max_persons < 0:
+        raise ConfigError(f"--max-persons must be 0 or more, got {args.max_persons}")
+    if args.person_model and (args.no_pose or args.pose_backend != "litert"):
+        raise ConfigError(
+            "--person-model runs BlazePose's landmark model on LiteRT: drop --no-pose and "
+            "--pose-backend tasks (--max-persons 0 keeps the boxes without pose)"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -190,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-frames must be 0 or more, got {args.max_frames}")
     if args.pose_workers < 0 or args.threads < 1:
         raise ConfigError("--pose-workers must be 0 or more and --threads 1 or more")
+    _check_person_flags(args)
     config = CaptureConfig(
         size=_parse_size(args.size), realtime=args.realtime, max_frames=args.max_frames
     )
@@ -203,7 +251,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.no_store:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
-        selector = HardCaseSelector(policy, detector_labels=_detector_labels(detector))
+        labels = _detector_labels(detector, person_model=bool(args.person_model))
+        selector = HardCaseSelector(policy, detector_labels=labels)
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
     except BaseException:
