@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -39,13 +40,13 @@ class EdgeConsole:
             self._live.stop()
             self._live = None
 
-    def update(self, stats: PipelineStats, result: FrameResult | None) -> None:
-        """Redraw the table if the last redraw is old enough."""
+    def update(self, stats: PipelineStats, result: FrameResult | None, uplink: Any = None) -> None:
+        """Redraw the table if the last redraw is old enough (``uplink``: ``UplinkStats``)."""
         now = time.monotonic()
         if self._live is None or now - self._last_refresh < _REFRESH_S:
             return
         self._last_refresh = now
-        self._live.update(self._table(stats, result), refresh=True)
+        self._live.update(self._table(stats, result, uplink), refresh=True)
 
     def summary(self, stats: PipelineStats, store_dir: str | None) -> None:
         """Print the end-of-run table and one line saying where frames went."""
@@ -56,7 +57,7 @@ class EdgeConsole:
             f"frames {where}"
         )
 
-    def _table(self, stats: PipelineStats, result: FrameResult | None) -> Table:
+    def _table(self, stats: PipelineStats, result: FrameResult | None, uplink: Any = None) -> Table:
         table = Table(title=f"fedge edge: {self.source}", title_justify="left")
         table.add_column("FPS", justify="right")
         for stage in STAGES:
@@ -72,6 +73,13 @@ class EdgeConsole:
             f"reconnects {cap.reconnects} · hard {hard.hard} · "
             f"suppressed {hard.duplicates + hard.rate_limited}"
         )
+        if uplink is not None:
+            rtt = "-" if uplink.rtt_ms is None else f"{uplink.rtt_ms:.0f} ms"
+            counters += (
+                f"\nuplink {uplink.state} · sent {uplink.sent} · labelled {uplink.labelled} · "
+                f"failed {uplink.failed} · pending {uplink.pending} · "
+                f"up {uplink.bytes_up / 1024:.1f} KiB · rtt {rtt}"
+            )
         if result is not None and result.hard_reasons:
             counters += f"\nframe {result.frame}: {', '.join(result.hard_reasons)}"
         table.caption = counters

@@ -27,9 +27,15 @@ class JsonlSink:
         except OSError as err:
             raise ConfigError(f"cannot write --jsonl {self.path}: {err.strerror}") from err
 
-    def write(self, result: FrameResult) -> None:
-        """Write one record and flush it (a crash loses at most the current line)."""
-        self._file.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
+    def write(self, result: FrameResult, uplink: dict[str, Any] | None = None) -> None:
+        """Write one record and flush it (a crash loses at most the current line).
+
+        ``uplink`` (the uploader's counters, with ``--cloud``) is added as the ``uplink`` key.
+        """
+        record = result.to_json()
+        if uplink is not None:
+            record["uplink"] = uplink
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
 
     def close(self) -> None:

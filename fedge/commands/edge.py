@@ -16,6 +16,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedge.commands.edge_uplink import (
+    add_uplink_flags,
+    check_uplink_flags,
+    drain_uploader,
+    start_uploader,
+    uplink_summary,
+)
 from fedge.core.errors import CaptureError, ConfigError
 
 __all__ = [
@@ -127,6 +134,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-pose", action="store_true", help="skip pose estimation")
     parser.add_argument("--no-ssd", action="store_true", help="skip the SSD detector")
     parser.add_argument("--quiet", action="store_true", help="no live console, summary only")
+    add_uplink_flags(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -238,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.pose_workers < 0 or args.threads < 1:
         raise ConfigError("--pose-workers must be 0 or more and --threads 1 or more")
     _check_person_flags(args)
+    uplink = check_uplink_flags(args)
     config = CaptureConfig(
         size=_parse_size(args.size), realtime=args.realtime, max_frames=args.max_frames
     )
@@ -245,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
     window = WindowSink() if args.show else None  # fails fast without a display
     capture.start()  # fails here, before the models load, when the source cannot be opened
     store = None
+    uploader = None
     try:
         policy = HardCasePolicy(max_per_minute=args.hard_per_minute)
         pose, detector = _load_models(args, policy.uncertain_low)
@@ -255,13 +265,19 @@ def _run(args: argparse.Namespace) -> int:
         selector = HardCaseSelector(policy, detector_labels=labels)
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
+        if uplink is not None and store is not None:
+            uploader = start_uploader(uplink, store, args.model_dir, args.threads)
     except BaseException:
         capture.stop()
+        if uploader is not None:
+            uploader.stop()
         if store is not None:
             store.close()
         raise
     console = EdgeConsole(args.source, quiet=args.quiet)
     pipeline = Pipeline(capture, pose=pose, detector=detector, store=store, selector=selector)
+    if uploader is not None:
+        uploader.watch(pipeline.feed)
     in_main = threading.current_thread() is threading.main_thread()
     # Ctrl-C and SIGTERM stop the agent cleanly, also where SIGINT was ignored at start
     # (a process launched in the background by a non-interactive shell)
@@ -276,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
             for output in pipeline:
                 result = output.result
                 if jsonl:
-                    jsonl.write(result)
+                    jsonl.write(result, uplink=uploader.stats.to_json() if uploader else None)
                 if video or window:
                     frame = annotate(
                         output.image,
@@ -290,17 +306,23 @@ def _run(args: argparse.Namespace) -> int:
                         video.write(frame)
                     if window and not window.show(frame):
                         break
-                console.update(pipeline.stats, result)
+                console.update(pipeline.stats, result, uploader.stats if uploader else None)
+            if uploader is not None and uplink is not None and not capture.kind.live:
+                drain_uploader(uploader, uplink.drain_timeout_s, console, pipeline.stats)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if uploader is not None:
+            uploader.stop()
         for sink in (jsonl, video, window, store):
             if sink is not None:
                 sink.close()
     stats = pipeline.stats
     console.summary(stats, store_dir=None if store is None else str(store.root))
+    if uploader is not None and uplink is not None:
+        console.console.print(uplink_summary(uploader, uplink))
     if interrupted:
         return EXIT_INTERRUPTED
     if capture.stats.error:
