@@ -278,6 +278,11 @@ class Uploader:
         self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Whether the upload thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self, *_: object) -> None:
         """Look for due cases now (e.g. a new hard case was stored); a ``HardCaseFeed``
         callback."""
@@ -294,7 +299,7 @@ class Uploader:
             self._refresh_pending()
             if self.stats.pending == 0:
                 return True
-            if self._thread is None or not self._thread.is_alive():
+            if not self.alive:
                 return False
             left = deadline - time.monotonic()
             if left <= 0:
@@ -349,6 +354,9 @@ class Uploader:
                 )
             except (PrivacyError, StoreError) as err:
                 self._give_up(frame.id, str(err))
+                continue
+            except Exception as err:  # noqa: BLE001 - one bad frame must not block the queue
+                self._give_up(frame.id, f"cannot build the case: {type(err).__name__}: {err}")
                 continue
             if case is None:
                 continue
@@ -470,8 +478,8 @@ class Uploader:
         while not self._stopping.is_set():
             try:
                 reached = self.run_once()
-            except StoreError as err:  # the store went away (closing): try again later
-                self.stats.last_error = str(err)
+            except Exception as err:  # noqa: BLE001 - keep the thread; report and back off
+                self.stats.last_error = f"{type(err).__name__}: {err}"
                 reached = False
             if self._stopping.is_set():
                 break

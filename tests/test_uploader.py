@@ -21,7 +21,6 @@ from pathlib import Path
 
 import cv2
 import grpc
-import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -390,7 +389,6 @@ def _faces_folder(folder: Path, count: int) -> None:
         cv2.imwrite(str(folder / f"{k:04d}.jpg"), image)
 
 
-@pytest.mark.slow
 def test_killed_node_delivers_every_hard_case_once_when_the_cloud_comes_back(
     tmp_path: Path, model_dir: Path
 ) -> None:
@@ -480,5 +478,7 @@ def test_killed_node_delivers_every_hard_case_once_when_the_cloud_comes_back(
     assert set(seen) == {("node-a", f.id) for f in hard}
     last = json.loads(second_jsonl.read_text().splitlines()[-1])
     assert set(last["uplink"]) >= {"sent", "labelled", "failed", "bytes_up", "rtt_ms"}
-    assert "labelled" in done.stderr and "0 failed" in done.stderr
-    np.testing.assert_array_less(0, last["uplink"]["sent"])
+    summary = " ".join(done.stderr.split())  # the console may wrap lines
+    assert f"{len(hard)} sent, {len(hard)} labelled, 0 failed" in summary
+    assert all(isinstance(last["uplink"][k], int) for k in ("sent", "labelled", "bytes_up"))
+    assert 0 <= last["uplink"]["labelled"] <= len(hard)

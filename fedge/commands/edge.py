@@ -322,7 +322,7 @@ def _run(args: argparse.Namespace) -> int:
     stats = pipeline.stats
     console.summary(stats, store_dir=None if store is None else str(store.root))
     if uploader is not None and uplink is not None:
-        console.console.print(uplink_summary(uploader, uplink))
+        console.console.print(uplink_summary(uploader, uplink), markup=False, soft_wrap=True)
     if interrupted:
         return EXIT_INTERRUPTED
     if capture.stats.error:

@@ -170,7 +170,7 @@ def drain_uploader(uploader: Uploader, timeout: float, console: Any, stats: Any)
         if uploader.drain(min(0.25, max(0.0, left))):
             return True
         console.update(stats, None, uploader.stats)
-        if left <= 0:
+        if left <= 0 or not uploader.alive:
             return False
 
 
