@@ -23,6 +23,8 @@ from strategies.compression import (
     residual_to_record,
 )
 from strategies.privacy import dp_client_mod
+from strategies.registry import client_side
+from strategies.scaffold import NODE_INFO_ACTION, node_info_reply
 
 __all__ = ["app"]
 
@@ -63,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     trainer.set_weights(global_weights)
     config = msg.content.config_records.get("config", {})
     server_round = int(config.get("server-round", 0))
+    local = client_side(cfg, msg, context, global_weights)  # SCAFFOLD, FedNova: extra work
     result = trainer.fit(
         data.x_train,
         data.y_train,
@@ -71,8 +74,10 @@ def train(msg: Message, context: Context) -> Message:
         learning_rate=cfg.learning_rate,
         seed=round_seed(cfg.seed, server_round, partition_id),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        correction=local.correction(),
     )
     weights = trainer.get_weights()
+    extra_arrays, extra_metrics = local.finish(weights, result.steps)
     if cfg.attack != "none" and is_malicious(partition_id, num_partitions, cfg.malicious_fraction):
         rng = np.random.default_rng(round_seed(cfg.seed, server_round, partition_id))
         weights = apply_attack(cfg.attack, weights, global_weights, cfg.attack_scale, rng)
@@ -85,9 +90,17 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": result.seconds,
             "partition-id": partition_id,
             "num-examples": len(data.x_train),
+            **extra_metrics,
         }
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": arrays, **extra_arrays, "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+@app.query(NODE_INFO_ACTION)
+def node_info(msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition-id (SCAFFOLD restores its c_i by it)."""
+    return node_info_reply(msg, context)
 
 
 def _encode(

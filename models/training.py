@@ -22,8 +22,9 @@ functions once per process and reuses them every round:
   jitted epoch loop at ~1.2k, against ~6-7k for this graph, in the same process;
 - **one update kernel per variable**: ``ResourceApplyKerasMomentum`` is Keras' SGD rule
   in one op instead of five (bit-identical weights; the gain is within the noise);
-- **nothing retraces between rounds**: learning rate, FedProx weight and global weights
-  are variables; a trace is keyed by batch size and whether FedProx is on.
+- **nothing retraces between rounds**: learning rate, FedProx weight, global weights
+  and the drift correction are variables; a trace is keyed by batch size and whether
+  FedProx and the correction are on.
 
 Measured and rejected (same process, A/B): pre-shuffled contiguous batches instead of
 ``tf.gather`` (no difference: the gather is ~1% of a step), ``tf.data`` in the loop
@@ -52,7 +53,11 @@ Plain minibatch SGD with momentum, exactly Keras' ``SGD`` (``v = momentum * v - 
 g; w = w + v``; not Nesterov), on the batches of a seeded permutation per epoch, the
 last batch possibly smaller, the loss being the batch mean of the cross-entropy; the
 velocity starts at zero in every ``fit``. With ``proximal_mu`` > 0 the FedProx
-gradient ``mu * (w - w_global)`` is added to ``g``.
+gradient ``mu * (w - w_global)`` is added to ``g``. With a ``correction`` δ (one array
+per variable; SCAFFOLD's ``c - c_i``) every step also moves each variable by ``-lr * δ``
+after the momentum update, outside the velocity (``w = w + v - lr * δ``; for momentum 0
+this is SGD on ``g + δ``), as NIID-Bench's and Flower's SCAFFOLD implementations do.
+Without a correction the graph is the one traced before the option existed.
 
 Determinism
 -----------
@@ -107,13 +112,14 @@ class FitResult:
 
     ``loss`` and ``accuracy`` are means over every sample seen during training
     (cross-entropy only, without the proximal term); ``num_examples`` counts samples
-    times epochs.
+    times epochs; ``steps`` counts the SGD updates (batches times epochs).
     """
 
     loss: float
     accuracy: float
     num_examples: int
     seconds: float
+    steps: int = 0
 
     @property
     def samples_per_second(self) -> float:
@@ -189,6 +195,7 @@ class LocalTrainer:
         self._momentum = tf.constant(self.momentum, dtype=tf.float32)
         self._lr = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         self._mu = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+        self._correction = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self._vars]
         self._graphs: dict[tuple[object, ...], Callable[..., GraphResult]] = {}
 
     # -- weights -------------------------------------------------------------------
@@ -215,16 +222,18 @@ class LocalTrainer:
 
     # -- graph functions -----------------------------------------------------------
     def _train_graph(
-        self, sample_shape: tuple[int, ...], batch_size: int, proximal: bool
+        self, sample_shape: tuple[int, ...], batch_size: int, proximal: bool, corrected: bool
     ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], GraphResult]:
         """``_epoch`` as a graph for these options, traced once for any partition size.
 
         The input signature leaves the number of samples open, so partitions of every
         size share one trace (and the same kernels) whatever the order of the calls.
         """
-        key = ("train", sample_shape, batch_size, proximal)
+        key = ("train", sample_shape, batch_size, proximal, corrected)
         if key not in self._graphs:
-            body = functools.partial(self._epoch, batch_size=batch_size, proximal=proximal)
+            body = functools.partial(
+                self._epoch, batch_size=batch_size, proximal=proximal, corrected=corrected
+            )
             signature = [_samples_spec(sample_shape), _INDEX_SPEC, _INDEX_SPEC]
             self._graphs[key] = tf.function(body, input_signature=signature)
         return self._graphs[key]
@@ -240,7 +249,7 @@ class LocalTrainer:
             self._graphs[key] = tf.function(body, input_signature=signature)
         return self._graphs[key]
 
-    def _step(self, x: tf.Tensor, y: tf.Tensor, proximal: bool) -> GraphResult:
+    def _step(self, x: tf.Tensor, y: tf.Tensor, proximal: bool, corrected: bool) -> GraphResult:
         """One SGD-with-momentum update on batch ``(x, y)``; returns loss sum, hits."""
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
@@ -248,8 +257,8 @@ class LocalTrainer:
             loss_sum = tf.reduce_sum(losses)
             loss = loss_sum / tf.cast(tf.shape(x)[0], tf.float32)
         grads = tape.gradient(loss, self._vars)
-        for var, vel, grad, start in zip(
-            self._vars, self._velocity, grads, self._global, strict=True
+        for var, vel, grad, start, shift in zip(
+            self._vars, self._velocity, grads, self._global, self._correction, strict=True
         ):
             if proximal:
                 grad = grad + self._mu * (var - start)
@@ -263,13 +272,21 @@ class LocalTrainer:
                 use_locking=False,
                 use_nesterov=False,
             )
+            if corrected:  # SCAFFOLD's drift correction, outside the velocity
+                var.assign_sub(self._lr * shift)
         hits = tf.reduce_sum(
             tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
         )
         return loss_sum, hits
 
     def _epoch(
-        self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch_size: int, proximal: bool
+        self,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        order: tf.Tensor,
+        batch_size: int,
+        proximal: bool,
+        corrected: bool,
     ) -> GraphResult:
         """All batches of one epoch in ``order``, in one graph loop."""
         n = tf.shape(order)[0]
@@ -278,7 +295,7 @@ class LocalTrainer:
         hits_total = tf.constant(0.0)
         for i in tf.range(num_batches):
             idx = order[i * batch_size : tf.minimum((i + 1) * batch_size, n)]
-            loss, hits = self._step(tf.gather(x, idx), tf.gather(y, idx), proximal)
+            loss, hits = self._step(tf.gather(x, idx), tf.gather(y, idx), proximal, corrected)
             loss_total += loss
             hits_total += hits
         return loss_total, hits_total
@@ -309,19 +326,24 @@ class LocalTrainer:
         learning_rate: float,
         seed: int,
         proximal_mu: float = 0.0,
+        correction: Sequence[np.ndarray] | None = None,
     ) -> FitResult:
         """Train in place for ``epochs`` with fresh momentum; return the means.
 
         Each epoch visits the samples in ``np.random.default_rng(seed)``'s next
         permutation, in batches of ``batch_size`` (the last one may be smaller).
         ``proximal_mu`` > 0 adds FedProx's ``mu/2 * ||w - w_global||^2`` with the
-        weights held at the start of this call as ``w_global``.
+        weights held at the start of this call as ``w_global``. ``correction`` (one
+        array per trainable variable, ``model.trainable_variables`` order, which is
+        ``get_weights()`` order for this CNN) is subtracted, times the learning rate,
+        after every step (SCAFFOLD); ``None`` trains without it.
 
         Raises
         ------
         ValueError
-            If ``x`` is empty, ``x`` and ``y`` differ in length, or ``epochs`` or
-            ``batch_size`` is not positive.
+            If ``x`` is empty, ``x`` and ``y`` differ in length, ``epochs`` or
+            ``batch_size`` is not positive, or ``correction`` does not match the
+            trainable variables' shapes.
         """
         if len(x) == 0:
             raise ValueError("cannot train on an empty partition; give at least one sample")
@@ -329,6 +351,9 @@ class LocalTrainer:
             raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs ({epochs}) and batch_size ({batch_size}) must be >= 1")
+        corrected = correction is not None
+        if correction is not None:
+            self._load_correction(correction)
         for vel in self._velocity:
             vel.assign(tf.zeros_like(vel))
         self._lr.assign(learning_rate)
@@ -339,7 +364,7 @@ class LocalTrainer:
                 start.assign(var)
         xt = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
         yt = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
-        train_epoch = self._train_graph(tuple(xt.shape[1:]), int(batch_size), proximal)
+        train_epoch = self._train_graph(tuple(xt.shape[1:]), int(batch_size), proximal, corrected)
         rng = np.random.default_rng(seed)
         loss_sum = hits = 0.0
         start_time = time.perf_counter()
@@ -350,7 +375,19 @@ class LocalTrainer:
             hits += float(correct)
         seconds = time.perf_counter() - start_time
         seen = len(x) * epochs
-        return FitResult(loss_sum / seen, hits / seen, seen, seconds)
+        steps = epochs * -(-len(x) // batch_size)
+        return FitResult(loss_sum / seen, hits / seen, seen, seconds, steps)
+
+    def _load_correction(self, correction: Sequence[np.ndarray]) -> None:
+        expected = [tuple(v.shape) for v in self._vars]
+        got = [tuple(np.shape(c)) for c in correction]
+        if expected != got:
+            raise ValueError(
+                f"correction shapes {got} do not match the trainable variables' {expected}; "
+                "give one array per trainable variable, in their order"
+            )
+        for shift, value in zip(self._correction, correction, strict=True):
+            shift.assign(np.asarray(value, dtype=np.float32))
 
     def evaluate(
         self, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE

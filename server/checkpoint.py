@@ -40,9 +40,12 @@ __all__ = [
     "strategy_state",
 ]
 
-# Server-side state of Flower's strategies that must survive a restart:
-# FedOpt family (m_t, v_t), FedAvgM (momentum_vector), all of them (current_arrays).
-STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector")
+# Server-side state of the strategies that must survive a restart:
+# FedOpt family (m_t, v_t), FedAvgM (momentum_vector), all of them (current_arrays),
+# SCAFFOLD (control_variate c; client_variates, each partition's c_i, keys "<p>/<key>").
+STATEFUL_ATTRIBUTES = (
+    "current_arrays", "m_t", "v_t", "momentum_vector", "control_variate", "client_variates",
+)  # fmt: skip
 # State names of a DP wrapper (its own state) and of the strategy it wraps (a prefix).
 DP_STATE = "dp"
 WRAPPED_PREFIX = "strategy."

@@ -4,14 +4,18 @@ A new strategy is one more entry in ``STRATEGIES``: a function that takes the
 ``RunConfig`` and the keyword arguments every strategy shares, and returns a
 ``flwr.serverapp.strategy.Strategy``; its name goes into
 ``fedge.core.run_config.STRATEGIES`` too, which validates run configs (a test keeps the two
-equal).
+equal). A strategy that needs work on the node besides plain local training (SCAFFOLD's
+control variates, FedNova's step counts) also registers its client side in
+``CLIENT_SIDES``; the ClientApp asks ``client_side`` for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdagrad,
@@ -30,8 +34,18 @@ from flwr.serverapp.strategy import (
 
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig, UnknownStrategyError
+from strategies.fednova import FedNova, FedNovaClient
+from strategies.scaffold import Scaffold, ScaffoldClient
 
-__all__ = ["STRATEGIES", "UnknownStrategyError", "build_strategy", "strategy_names"]
+__all__ = [
+    "CLIENT_SIDES",
+    "STRATEGIES",
+    "ClientSide",
+    "UnknownStrategyError",
+    "build_strategy",
+    "client_side",
+    "strategy_names",
+]
 
 StrategyBuilder = Callable[[RunConfig, dict[str, Any]], Strategy]
 
@@ -67,7 +81,53 @@ STRATEGIES: dict[str, StrategyBuilder] = {
     "qfedavg": lambda cfg, common: QFedAvg(
         client_learning_rate=cfg.learning_rate, q=cfg.q_param, **common
     ),
+    "scaffold": lambda cfg, common: Scaffold(
+        **common, server_learning_rate=cfg.server_learning_rate, num_clients=cfg.num_partitions
+    ),
+    "fednova": lambda cfg, common: FedNova(**common),
 }
+
+
+class ClientSide(Protocol):
+    """A strategy's work on the node around one local training (one train message)."""
+
+    def correction(self) -> list[np.ndarray] | None:
+        """Per-weight drift correction for ``LocalTrainer.fit`` (None: plain training)."""
+        ...
+
+    def finish(
+        self, local_weights: Sequence[np.ndarray], steps: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, float]]:
+        """Extra reply records and metrics, from the honestly trained weights."""
+        ...
+
+
+ClientSideBuilder = Callable[[RunConfig, Message, Context, list[np.ndarray]], ClientSide]
+
+CLIENT_SIDES: dict[str, ClientSideBuilder] = {
+    "scaffold": ScaffoldClient.start,
+    "fednova": FedNovaClient.start,
+}
+
+
+class _PlainTraining:
+    """The client side of every strategy without one: nothing to add."""
+
+    def correction(self) -> None:
+        return None
+
+    def finish(
+        self, local_weights: Sequence[np.ndarray], steps: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, float]]:
+        return {}, {}
+
+
+def client_side(
+    cfg: RunConfig, msg: Message, context: Context, global_weights: list[np.ndarray]
+) -> ClientSide:
+    """The node's part of ``cfg.strategy`` for the train message ``msg``."""
+    builder = CLIENT_SIDES.get(cfg.strategy)
+    return builder(cfg, msg, context, global_weights) if builder else _PlainTraining()
 
 
 def strategy_names() -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "ATTACKS",
     "DP_MODES",
     "NON_TRAINING_KEYS",
+    "NO_DP_STRATEGIES",
     "STRATEGIES",
     "TASKS",
     "RunConfig",
@@ -39,8 +40,15 @@ TASKS = ("fashion-mnist",)
 # Must equal the keys of ``strategies.registry.STRATEGIES``, in order.
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-    "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg",
+    "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg", "scaffold", "fednova",
 )  # fmt: skip
+# Strategies that refuse differential privacy, and why (one line each).
+NO_DP_STRATEGIES = {
+    "scaffold": "its control-variate updates carry each client's update unclipped and "
+    "un-noised",
+    "fednova": "it rescales each client's update by tau_eff * p_i / a_i, so the DP noise "
+    "would not bound one client's influence",
+}
 # "none" and the keys of ``clients.attacks.ATTACKS``.
 ATTACKS = ("none", "sign-flip", "scale", "noise", "nan", "inf")
 # Must equal ``strategies.privacy.DP_MODES``.
@@ -104,7 +112,7 @@ _RANGES: dict[str, tuple[_Range, str]] = {
     "validation_share": (_BELOW_1, ""),
     "stop_after_round": (_AT_LEAST_0, "0 = run every round"),
     "proximal_mu": (_AT_LEAST_0, "fedprox"),
-    "server_learning_rate": (_POSITIVE, "fedavgm"),
+    "server_learning_rate": (_POSITIVE, "fedavgm, scaffold"),
     "server_momentum": (_BELOW_1, "fedavgm"),
     "eta": (_POSITIVE, "fedadam, fedyogi, fedadagrad"),
     "eta_l": (_POSITIVE, "fedadam, fedyogi, fedadagrad"),
@@ -200,6 +208,11 @@ class RunConfig:
             PartitionScheme(self.partitioner, self.partitioner_param)
         except ConfigError as err:
             raise ConfigError(f"partitioner-param {self.partitioner_param:g}: {err}") from err
+        if self.dp != "none" and self.strategy in NO_DP_STRATEGIES:
+            raise ConfigError(
+                f"strategy {self.strategy} cannot run with dp={self.dp}: "
+                f"{NO_DP_STRATEGIES[self.strategy]}; use dp=none or another strategy"
+            )
         if self.compression.enabled and self.dp.startswith("client-"):
             raise ConfigError(
                 "client-side DP clipping needs full weights; turn compression off "
