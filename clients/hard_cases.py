@@ -75,12 +75,16 @@ class DisagreementCheck:
     ``match`` is ``"iou"`` (box and pose box overlap by IoU) or ``"inside"`` (the box lies
     inside the pose box, for faces). ``pose_implies_box``: a confident pose with no such
     box is a disagreement (true for whole-person boxes, false for faces, which a person
-    seen from behind does not show). A confident box with no pose always disagrees.
+    seen from behind does not show). A confident box with no pose disagrees, but only among
+    the ``max_posed`` highest-scored boxes of the label when that is > 0: top-down pose
+    (``--max-persons N``) poses only the best N boxes, so the rest are not expected to
+    have a pose.
     """
 
     label: str
     match: Literal["iou", "inside"] = "iou"
     pose_implies_box: bool = True
+    max_posed: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,10 @@ def _pose_and_boxes_disagree(
         if check.label not in labels:
             continue
         boxes = [d for d in detections if d.label == check.label]
-        for det in boxes:
+        expect_pose = sorted(boxes, key=lambda d: -d.score)
+        if check.max_posed > 0:
+            expect_pose = expect_pose[: check.max_posed]
+        for det in expect_pose:
             if det.score >= policy.box_confident and not any(
                 _matches(check, det.box, pose, policy.match_threshold) for pose in poses
             ):

@@ -86,6 +86,19 @@ def test_disagreement_checks_are_configurable() -> None:
     )
 
 
+def test_with_top_down_pose_only_the_best_n_person_boxes_need_a_pose() -> None:
+    # Prepare: 4 confident people, poses on the 2 best (--max-persons 2)
+    boxes = [_det("person", s, (100 * i, 100, 100 * i + 80, 300)) for i, s in
+             enumerate((0.95, 0.9, 0.8, 0.7))]  # fmt: skip
+    poses = [_person(boxes[0].box), _person(boxes[1].box)]
+    top2 = HardCasePolicy(disagreement=(DisagreementCheck("person", "iou", True, max_posed=2),))
+    # Execute / Assert: the unposed 3rd and 4th boxes are expected, not disagreement
+    assert find_hard_reasons(poses, boxes, top2, {"person"}) == ()
+    assert find_hard_reasons(poses, boxes, POLICY, {"person"}) == (Reason.POSE_SSD_DISAGREE,)
+    # ... but a missing pose among the best 2 still is
+    assert find_hard_reasons(poses[:1], boxes, top2, {"person"}) == (Reason.POSE_SSD_DISAGREE,)
+
+
 def test_overlapping_boxes_of_different_labels_with_close_scores_have_small_margin() -> None:
     boxes = [_det("dog", 0.81, (10, 10, 100, 100)), _det("cat", 0.78, (12, 8, 98, 102))]
     assert find_hard_reasons([], boxes, POLICY, {"dog", "cat"}) == (Reason.SMALL_MARGIN,)

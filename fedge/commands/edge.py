@@ -9,12 +9,13 @@ the console. Ctrl-C (or SIGTERM) stops cleanly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedge.commands.edge_uplink import (
     add_uplink_flags,
@@ -24,6 +25,9 @@ from fedge.commands.edge_uplink import (
     uplink_summary,
 )
 from fedge.core.errors import CaptureError, ConfigError
+
+if TYPE_CHECKING:
+    from clients.hard_cases import HardCasePolicy
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -47,7 +51,8 @@ def register(subparsers: Any) -> None:
         help="run the edge node: capture, pose + SSD, hard cases, local frame store",
         description=(
             "Capture frames, run BlazePose and the SSD detector on LiteRT, keep the frames in "
-            "the local store and flag hard cases for the cloud. Frames never leave the node."
+            "the local store and flag hard cases for the cloud. Nothing leaves the node "
+            "unless --cloud sends hard cases, as --privacy allows."
         ),
     )
     parser.add_argument(
@@ -237,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
     from clients.drawing import annotate
     from clients.edge_console import EdgeConsole
     from clients.edge_outputs import JsonlSink, VideoSink, WindowSink
-    from clients.hard_cases import HardCasePolicy, HardCaseSelector
+    from clients.hard_cases import HardCaseSelector
     from clients.pipeline import Pipeline
     from data.frame_store import FrameStore
 
@@ -256,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     store = None
     uploader = None
     try:
-        policy = HardCasePolicy(max_per_minute=args.hard_per_minute)
+        policy = _hard_case_policy(args)
         pose, detector = _load_models(args, policy.uncertain_low)
         if not args.no_store:
             budget = int(args.store_budget_mb * 1024**2)
@@ -330,3 +335,18 @@ def _run(args: argparse.Namespace) -> int:
     if stats.frames == 0:
         raise CaptureError(f"no frame could be decoded from {args.source}")
     return 0
+
+
+def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
+    """The hard-case policy of these flags: with top-down pose (``--person-model``) only
+    the ``--max-persons`` best person boxes are expected to carry a pose."""
+    from clients.hard_cases import HardCasePolicy
+
+    policy = HardCasePolicy(max_per_minute=args.hard_per_minute)
+    if not args.person_model:
+        return policy
+    checks = tuple(
+        dataclasses.replace(c, max_posed=args.max_persons) if c.label == "person" else c
+        for c in policy.disagreement
+    )
+    return dataclasses.replace(policy, disagreement=checks)
