@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from clients.privacy_filter import PrivacyError, PrivacyFilter
+from data.frame_store import LabelStatus
 from fedge.core.errors import ConfigError, StoreError
 from fedge.core.labels import FrameLabel, LabelError
 from fedge.core.proto import cloud_pb2, cloud_pb2_grpc
@@ -446,8 +447,6 @@ class Uploader:
 
     def _retry(self, batch: _Batch, frame_id: int, code: grpc.StatusCode, error: str) -> None:
         """Put a case back to wait (transient) or count an attempt (anything else)."""
-        from data.frame_store import LabelStatus
-
         self.stats.last_error = error
         now = self.clock()
         try:
@@ -501,8 +500,6 @@ class Uploader:
         self._wake.clear()
 
     def _refresh_pending(self) -> None:
-        from data.frame_store import LabelStatus
-
         try:
             counts = self.store.status_counts()
         except StoreError:
