@@ -123,7 +123,7 @@ def test_committed_grid_files_are_valid(name: str) -> None:
 
 def test_niid_bench_grid_follows_the_protocol() -> None:
     spec = GridSpec.from_values(load_grid_values(CONFIGS / "niid_bench_fmnist.toml", {}))
-    assert spec.strategies == ("fedavg", "fedprox")
+    assert spec.strategies == ("fedavg", "fedprox", "scaffold", "fednova")
     labels = [p.label for p in spec.partitions]
     assert labels == ["dirichlet:0.5", "classes:1", "classes:2", "classes:3", "iid"]
     assert (spec.rounds, spec.clients, spec.seeds) == (50, 10, (0,))
