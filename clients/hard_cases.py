@@ -7,7 +7,12 @@ A frame qualifies when the node's own models are unsure of it:
   with no matching box, or a confident box with no pose; which detector labels take
   part, and how a box matches a pose (IoU for person boxes, "inside" for face boxes), is
   set per label by ``DisagreementCheck`` (the shipped SSD is BlazeFace: faces only);
-- ``small_margin``: two overlapping boxes of different labels score almost the same.
+- ``small_margin``: two overlapping boxes of different labels score almost the same;
+- ``cold_start``: the node has no person detector yet (``cold_start=True``), so the
+  detector's uncertainty is undefined: a sample of frames, at most
+  ``cold_start_per_minute`` and never one that looks like a recent hard case, goes to
+  the cloud so its labels can train the first model. Once a detector is installed the
+  node selects by uncertainty alone.
 
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
@@ -59,6 +64,7 @@ class Reason(StrEnum):
     UNCERTAIN_SCORE = "uncertain_score"
     POSE_SSD_DISAGREE = "pose_ssd_disagree"
     SMALL_MARGIN = "small_margin"
+    COLD_START = "cold_start"
 
 
 class Suppression(StrEnum):
@@ -109,6 +115,7 @@ class HardCasePolicy:
     dedup_max_distance: int = 6
     dedup_window_s: float = 300.0
     dedup_recent: int = 32
+    cold_start_per_minute: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -242,16 +249,24 @@ class TokenBucket:
         self._tokens = capacity
         self._last: float | None = None
 
+    def peek(self, now: float) -> bool:
+        """Whether a token is available at time ``now`` (nothing is spent)."""
+        self._refill(now)
+        return self._tokens >= 1.0
+
     def take(self, now: float) -> bool:
         """Spend one token at time ``now`` if one is available."""
-        if self._last is not None and now > self._last:
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate_per_s)
-        if self._last is None or now > self._last:
-            self._last = now
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+    def _refill(self, now: float) -> None:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate_per_s)
+        if self._last is None or now > self._last:
+            self._last = now
 
 
 @dataclass
@@ -277,12 +292,15 @@ class HardCaseSelector:
         policy: HardCasePolicy | None = None,
         detector_labels: Collection[str] | None = None,
         clock: Clock = time.monotonic,
+        cold_start: bool = False,
     ) -> None:
         self.policy = policy or HardCasePolicy()
         self.detector_labels = detector_labels
         self.clock = clock
+        self.cold_start = cold_start and self.policy.cold_start_per_minute > 0
         self.stats = SelectorStats()
         self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
+        self._cold_bucket = TokenBucket(self.policy.cold_start_per_minute / 60.0, 1.0)
         self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
 
     def decide(
@@ -298,11 +316,13 @@ class HardCaseSelector:
         """
         self.stats.frames += 1
         reasons = find_hard_reasons(persons, detections, self.policy, self.detector_labels)
+        frame_time = self.clock() if now is None else now
+        if not reasons and self.cold_start:
+            return self._cold_start_sample(image, frame_time)
         if not reasons:
             return HardCaseDecision()
         for reason in reasons:
             self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
-        frame_time = self.clock() if now is None else now
         fingerprint = dhash(image, self.policy.dedup_hash_size)
         if self._is_duplicate(fingerprint, frame_time):
             self.stats.duplicates += 1
@@ -313,6 +333,23 @@ class HardCaseSelector:
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
         return HardCaseDecision(reasons)
+
+    def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
+        """No person detector yet, so its uncertainty is undefined: send a sample of the
+        frames, at most ``cold_start_per_minute`` (also within the hard-case rate limit)
+        and none that looks like a recent hard case. A frame not sampled is simply not
+        hard (no ``suppressed`` reason is recorded for a sample)."""
+        if not self._cold_bucket.peek(frame_time):
+            return HardCaseDecision()
+        fingerprint = dhash(image, self.policy.dedup_hash_size)
+        if self._is_duplicate(fingerprint, frame_time) or not self._bucket.peek(frame_time):
+            return HardCaseDecision()
+        self._cold_bucket.take(frame_time)
+        self._bucket.take(frame_time)
+        self._recent.append((frame_time, fingerprint))
+        self.stats.reasons[Reason.COLD_START] = self.stats.reasons.get(Reason.COLD_START, 0) + 1
+        self.stats.hard += 1
+        return HardCaseDecision((Reason.COLD_START,))
 
     def _is_duplicate(self, fingerprint: int, frame_time: float) -> bool:
         horizon = frame_time - self.policy.dedup_window_s

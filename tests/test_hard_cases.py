@@ -195,6 +195,40 @@ def test_rate_limit_holds_on_a_long_sequence_of_distinct_hard_frames() -> None:
     assert selector.stats.rate_limited == 600 - len(hard_times) - selector.stats.duplicates
 
 
+def test_cold_start_samples_distinct_frames_at_its_own_rate() -> None:
+    # Prepare: no person detector yet; 5 minutes at 2 FPS of frames nobody is unsure of
+    policy = HardCasePolicy(max_per_minute=6, burst=3, cold_start_per_minute=2)
+    clock = FakeClock()
+    selector = HardCaseSelector(policy, {"face"}, clock=clock, cold_start=True)
+    rng = np.random.default_rng(2)
+    sampled = []
+    # Execute
+    for _ in range(600):
+        image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        decision = selector.decide(image, [], [])
+        if decision.hard:
+            sampled.append((clock.now, decision.reasons))
+        assert decision.suppressed is None  # an unsampled frame is just not hard
+        clock.advance(0.5)
+    # Assert: about 2 a minute, tagged cold_start; never in a static scene twice
+    assert all(reasons == (Reason.COLD_START,) for _, reasons in sampled)
+    assert 2 * 5 - 1 <= len(sampled) <= 1 + 2 * 5
+    static = HardCaseSelector(policy, {"face"}, clock=FakeClock(), cold_start=True)
+    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    picks = 0
+    static_clock = static.clock
+    for _ in range(590):  # just under the 300 s duplicate window
+        picks += static.decide(frame, [], []).hard
+        static_clock.advance(0.5)  # type: ignore[attr-defined]
+    assert picks == 1
+    # Once a detector is installed the node selects by uncertainty alone
+    assert (
+        not HardCaseSelector(policy, {"face", "person"}, clock=FakeClock())
+        .decide(frame, [], [])
+        .hard
+    )
+
+
 def test_dhash_is_stable_under_noise_and_changes_with_content(scene: np.ndarray) -> None:
     noisy = cv2.add(scene, np.full(scene.shape, 3, dtype=np.uint8))
     flipped = cv2.flip(scene, 1)

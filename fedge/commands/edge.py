@@ -101,6 +101,14 @@ def register(subparsers: Any) -> None:
         help="at most N hard cases a minute (default: 6)",
     )
     parser.add_argument(
+        "--cold-start-per-minute",
+        type=float,
+        default=2.0,
+        metavar="N",
+        help="without a person detector, sample at most N frames a minute as hard cases "
+        "for the cloud to label (default: 2; 0: off)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
     parser.add_argument(
@@ -267,7 +275,9 @@ def _run(args: argparse.Namespace) -> int:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
         labels = _detector_labels(detector, person_model=bool(args.person_model))
-        selector = HardCaseSelector(policy, detector_labels=labels)
+        selector = HardCaseSelector(
+            policy, detector_labels=labels, cold_start=not args.person_model
+        )
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
         if uplink is not None and store is not None:
@@ -342,7 +352,9 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
     the ``--max-persons`` best person boxes are expected to carry a pose."""
     from clients.hard_cases import HardCasePolicy
 
-    policy = HardCasePolicy(max_per_minute=args.hard_per_minute)
+    policy = HardCasePolicy(
+        max_per_minute=args.hard_per_minute, cold_start_per_minute=args.cold_start_per_minute
+    )
     if not args.person_model:
         return policy
     checks = tuple(
