@@ -42,7 +42,7 @@ SECTION_COLUMNS = {
     ],
     "uplink_cases.csv": [
         "mode", "frame", "accepted", "case bytes", "pixel bytes", "frame JPEG bytes", "crops",
-        "sends pixels", "build ms",
+        "person crop bytes", "sends pixels", "build ms",
     ],
     "uplink_round_trips.csv": ["mode", "schedule", "frame", "offset s", "round trip s"],
 }  # fmt: skip
