@@ -96,11 +96,20 @@ class PipelineStats:
     hard_cases: SelectorStats = field(default_factory=SelectorStats)
 
 
+@dataclass(frozen=True)
+class _PoseSet:
+    """The pose models (one per pose worker) a frame is served by, and their version."""
+
+    models: tuple[PoseModel, ...]
+    version: str = ""
+
+
 @dataclass
 class _Work:
     seq: int
     frame: Frame
     result: FrameResult
+    poses: _PoseSet
     store_id: int | None = None
 
 
@@ -202,7 +211,8 @@ class Pipeline:
     ``PipelineOutput`` per frame, in capture order; an exception in any stage stops
     the pipeline and is raised from the iteration. At most ``2 * workers + queue_size``
     frames are in flight at once; the live FPS and latencies average the last
-    ``window`` frames.
+    ``window`` frames. Each record carries ``model_version`` (the version of the pose
+    models' person detector); :meth:`swap_pose` hot-swaps the pose models between frames.
     """
 
     def __init__(
@@ -216,9 +226,11 @@ class Pipeline:
         feed: HardCaseFeed | None = None,
         queue_size: int = 2,
         window: int = 30,
+        model_version: str = "",
     ) -> None:
         self.capture = capture
         self.poses: list[PoseModel] = _replicas(pose)
+        self._pose_set = _PoseSet(tuple(self.poses), model_version)
         self.detectors: list[DetectorModel] = _replicas(detector)
         self.store = store
         self.selector = selector
@@ -243,7 +255,7 @@ class Pipeline:
         self.capture.start()
         stages: list[tuple[str, list[Callable[[_Work], None]]]] = []
         if self.poses:
-            stages.append(("pose", [_pose_step(m) for m in self.poses]))
+            stages.append(("pose", [_pose_step(i) for i in range(len(self.poses))]))
         if self.detectors:
             stages.append(("ssd", [_detector_step(m) for m in self.detectors]))
         stages.append(("store", [self._store_step]))
@@ -260,6 +272,17 @@ class Pipeline:
         for worker in self._threads:
             worker.start()
         return self
+
+    def swap_pose(self, models: Sequence[PoseModel], version: str = "") -> None:
+        """Serve the frames taken from now on with ``models`` (one per pose worker).
+
+        Frames already taken finish on the models they started with, so the records'
+        ``model_version`` changes at one frame and no frame is dropped or waits for a
+        load (load and verify ``models`` before calling this).
+        """
+        if len(models) != len(self.poses):
+            raise ValueError(f"swap_pose needs {len(self.poses)} models, got {len(models)}")
+        self._pose_set = _PoseSet(tuple(models), version)
 
     def stop(self) -> None:
         """Stop every stage and the capture; safe to call twice."""
@@ -328,9 +351,11 @@ class Pipeline:
                     self._slots.release()
                     return _END
                 seq = next(self._seq)
+                poses = self._pose_set  # frames taken after a swap_pose get the new set
             result = FrameResult(frame=frame.index, time=frame.time, source=frame.source)
             result.timings_ms["capture"] = frame.capture_ms
-            return _Work(seq, frame, result)
+            result.model_version = poses.version
+            return _Work(seq, frame, result, poses)
         return _END
 
     def _store_step(self, work: _Work) -> None:
@@ -362,9 +387,10 @@ class Pipeline:
                 self._timings[stage].append(value)
 
 
-def _pose_step(model: PoseModel) -> Callable[[_Work], None]:
+def _pose_step(worker: int) -> Callable[[_Work], None]:
     def step(work: _Work) -> None:
         started = time.perf_counter()
+        model = work.poses.models[worker]
         if isinstance(model, TopDownPoseModel):
             persons, boxes = model.find_people(work.frame.image)
             work.result.detections.extend(boxes)

@@ -254,6 +254,9 @@ class Uploader:
         self.store = store
         self.privacy = privacy
         self.config = config
+        # the detector version a case names; ``fedge edge --detector-dir`` sets it to the
+        # version running (the store does not keep it per frame)
+        self.model_version: Callable[[], str] = lambda: config.model_version
         self.clock = clock
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -351,7 +354,7 @@ class Uploader:
         for frame in self.store.due_for_upload(now, self.config.batch_size):
             try:
                 case = self.privacy.build_case(
-                    frame, node_id=self.config.node_id, model_version=self.config.model_version
+                    frame, node_id=self.config.node_id, model_version=self.model_version()
                 )
             except (PrivacyError, StoreError) as err:
                 self._give_up(frame.id, str(err))

@@ -25,6 +25,7 @@ person's); it is not replaced by the next box.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -152,6 +153,15 @@ class TopDownPoseEstimator:
         """Build with the landmark model of the verified cache (``fedge models fetch``)."""
         landmarker = PoseLandmarker.from_cache(cache_dir, num_threads=num_threads)
         return cls(landmarker, person_detector, **options)  # type: ignore[arg-type]
+
+    def with_person_detector(
+        self, person_detector: Detector | PersonFinder
+    ) -> TopDownPoseEstimator:
+        """A copy finding people with ``person_detector`` (same landmark model and options):
+        the hot swap of a new detector version (``clients.hot_swap``)."""
+        twin = copy.copy(self)
+        twin.person_detector = person_detector
+        return twin
 
     def detect_persons(self, frame_bgr: np.ndarray) -> list[Detection]:
         """Return the person detector's ``label`` boxes in ``frame_bgr``, best first."""

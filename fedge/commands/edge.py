@@ -1,7 +1,8 @@
 """``fedge edge``: run the edge node on a camera, a video, a stream or a folder of images.
 
 Per frame: pose (BlazePose; with ``--person-model``, top-down on a person detector's
-boxes) and SSD detections, hard-case selection, the frame in the local store,
+boxes; with ``--detector-dir``, on the installed detector, each new version swapped in
+between frames) and SSD detections, hard-case selection, the frame in the local store,
 optionally a JSON line and an annotated video frame; live FPS and stage latencies on
 the console. Ctrl-C (or SIGTERM) stops cleanly.
 """
@@ -28,6 +29,7 @@ from fedge.core.errors import CaptureError, ConfigError
 
 if TYPE_CHECKING:
     from clients.hard_cases import HardCasePolicy
+    from clients.hot_swap import DetectorFollower
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -137,6 +139,15 @@ def register(subparsers: Any) -> None:
         "a person): pose runs top-down, BlazePose landmarks on each of its boxes",
     )
     parser.add_argument(
+        "--detector-dir",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="run the person detector installed in DIR by the SuperNode (default DIR: "
+        "$FEDGE_DETECTOR_DIR or ~/.cache/fedge/detector) and swap each new version in "
+        "between frames; pose runs top-down as with --person-model",
+    )
+    parser.add_argument(
         "--max-persons",
         type=int,
         default=4,
@@ -180,7 +191,14 @@ def default_pose_workers() -> int:
     return max(1, min(3, usable_cores()))
 
 
-def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
+def _top_down(args: argparse.Namespace) -> bool:
+    """Whether pose runs top-down on a person detector (a file or the installed one)."""
+    return bool(args.person_model) or args.detector_dir is not None
+
+
+def _load_models(
+    args: argparse.Namespace, min_score: float, follower: DetectorFollower | None = None
+) -> tuple[Any, Any]:
     """Return (pose estimator or None, SSD detector or None) as the flags ask.
 
     The detector keeps boxes down to ``min_score`` (the bottom of the hard-case
@@ -188,8 +206,8 @@ def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
     """
     pose: list[Any] | None = None
     detector = None
-    if args.person_model:
-        pose = _top_down_estimators(args, min_score, args.pose_workers or default_pose_workers())
+    if _top_down(args):
+        pose = _top_down_estimators(args, min_score, follower)
     elif not args.no_pose:
         from clients.pose import create_pose_estimator
 
@@ -209,22 +227,43 @@ def _load_models(args: argparse.Namespace, min_score: float) -> tuple[Any, Any]:
     return pose, detector
 
 
-def _top_down_estimators(args: argparse.Namespace, min_score: float, workers: int) -> list[Any]:
+def _top_down_estimators(
+    args: argparse.Namespace, min_score: float, follower: DetectorFollower | None
+) -> list[Any]:
     """One top-down pose estimator per pose worker, each with its own person detector
-    (keeping boxes down to ``min_score``, like the SSD) and landmark model."""
+    (keeping boxes down to ``min_score``, like the SSD) and landmark model; with
+    ``--detector-dir`` the detectors of the installed version ``follower`` loaded."""
     from clients.pose.top_down import TopDownPoseEstimator, load_person_detector
 
-    return [
-        TopDownPoseEstimator.from_cache(
+    if follower is not None and follower.active is not None:
+        detectors = list(follower.active.detectors)
+    else:
+        detectors = [
             load_person_detector(
                 args.person_model, score_threshold=min_score, num_threads=args.threads
-            ),
-            args.model_dir,
-            num_threads=args.threads,
-            max_persons=args.max_persons,
+            )
+            for _ in range(args.pose_workers or default_pose_workers())
+        ]
+    return [
+        TopDownPoseEstimator.from_cache(
+            detector, args.model_dir, num_threads=args.threads, max_persons=args.max_persons
         )
-        for _ in range(workers)
+        for detector in detectors
     ]
+
+
+def _detector_follower(args: argparse.Namespace, min_score: float) -> DetectorFollower:
+    """The installed person detector of ``--detector-dir``, loaded once per pose worker."""
+    from clients.hot_swap import DetectorFollower, person_detector_loader
+    from clients.model_installer import resolve_detector_dir
+
+    follower = DetectorFollower(
+        resolve_detector_dir(args.detector_dir or None),
+        load=person_detector_loader(min_score, num_threads=args.threads),
+        copies=args.pose_workers or default_pose_workers(),
+    )
+    follower.load_current()
+    return follower
 
 
 def _detector_labels(detector: Any, person_model: bool = False) -> tuple[str, ...] | None:
@@ -238,9 +277,14 @@ def _detector_labels(detector: Any, person_model: bool = False) -> tuple[str, ..
 def _check_person_flags(args: argparse.Namespace) -> None:
     if args.max_persons < 0:
         raise ConfigError(f"--max-persons must be 0 or more, got {args.max_persons}")
-    if args.person_model and (args.no_pose or args.pose_backend != "litert"):
+    if args.person_model and args.detector_dir is not None:
         raise ConfigError(
-            "--person-model runs BlazePose's landmark model on LiteRT: drop --no-pose and "
+            "--person-model FILE and --detector-dir DIR both pick the person detector: keep one"
+        )
+    if _top_down(args) and (args.no_pose or args.pose_backend != "litert"):
+        flag = "--person-model" if args.person_model else "--detector-dir"
+        raise ConfigError(
+            f"{flag} runs BlazePose's landmark model on LiteRT: drop --no-pose and "
             "--pose-backend tasks (--max-persons 0 keeps the boxes without pose)"
         )
 
@@ -251,6 +295,7 @@ def _run(args: argparse.Namespace) -> int:
     from clients.edge_console import EdgeConsole
     from clients.edge_outputs import JsonlSink, VideoSink, WindowSink
     from clients.hard_cases import HardCaseSelector
+    from clients.hot_swap import swap_into
     from clients.pipeline import Pipeline
     from data.frame_store import FrameStore
 
@@ -268,20 +313,24 @@ def _run(args: argparse.Namespace) -> int:
     capture.start()  # fails here, before the models load, when the source cannot be opened
     store = None
     uploader = None
+    follower: DetectorFollower | None = None
     try:
         policy = _hard_case_policy(args)
-        pose, detector = _load_models(args, policy.uncertain_low)
+        if args.detector_dir is not None:
+            follower = _detector_follower(args, policy.uncertain_low)
+        pose, detector = _load_models(args, policy.uncertain_low, follower)
         if not args.no_store:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
-        labels = _detector_labels(detector, person_model=bool(args.person_model))
-        selector = HardCaseSelector(
-            policy, detector_labels=labels, cold_start=not args.person_model
-        )
+        labels = _detector_labels(detector, person_model=_top_down(args))
+        selector = HardCaseSelector(policy, detector_labels=labels, cold_start=not _top_down(args))
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
         if uplink is not None and store is not None:
             uploader = start_uploader(uplink, store, args.model_dir, args.threads)
+            if follower is not None:  # hard cases name the detector version running
+                running = follower
+                uploader.model_version = lambda: running.version
     except BaseException:
         capture.stop()
         if uploader is not None:
@@ -290,9 +339,19 @@ def _run(args: argparse.Namespace) -> int:
             store.close()
         raise
     console = EdgeConsole(args.source, quiet=args.quiet)
-    pipeline = Pipeline(capture, pose=pose, detector=detector, store=store, selector=selector)
+    pipeline = Pipeline(
+        capture,
+        pose=pose,
+        detector=detector,
+        store=store,
+        selector=selector,
+        model_version=follower.version if follower else "",
+    )
     if uploader is not None:
         uploader.watch(pipeline.feed)
+    if follower is not None:  # new versions go to the frames taken after they load
+        follower.on_swap = swap_into(pipeline, pose or [])
+        follower.start()
     in_main = threading.current_thread() is threading.main_thread()
     # Ctrl-C and SIGTERM stop the agent cleanly, also where SIGINT was ignored at start
     # (a process launched in the background by a non-interactive shell)
@@ -329,6 +388,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if follower is not None:
+            follower.stop()
         if uploader is not None:
             uploader.stop()
         for sink in (jsonl, video, window, store):
@@ -355,7 +416,7 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
     policy = HardCasePolicy(
         max_per_minute=args.hard_per_minute, cold_start_per_minute=args.cold_start_per_minute
     )
-    if not args.person_model:
+    if not _top_down(args):
         return policy
     checks = tuple(
         dataclasses.replace(c, max_posed=args.max_persons) if c.label == "person" else c

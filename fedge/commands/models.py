@@ -1,4 +1,5 @@
-"""``fedge models``: fetch and list the pretrained edge models (BlazePose, BlazeFace)."""
+"""``fedge models``: fetch and list the pretrained edge models (BlazePose, BlazeFace), list
+the installed person-detector versions and roll them back."""
 
 from __future__ import annotations
 
@@ -42,9 +43,33 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("--force", action="store_true", help="replace models already cached")
     fetch.set_defaults(handler=_fetch)
 
-    listing = actions.add_parser("list", help="show the cached models and their state")
+    listing = actions.add_parser(
+        "list", help="show the cached models and the installed person-detector versions"
+    )
     _add_cache_dir(listing)
+    _add_detector_dir(listing)
     listing.set_defaults(handler=_list)
+
+    back = actions.add_parser(
+        "rollback",
+        help="run the person-detector version installed before the current one again",
+        description=(
+            "Move the node's current person detector back one version; a running "
+            "`fedge edge --detector-dir` swaps it in, and the SuperNode will not reinstall "
+            "the version left (a newer one is installed as usual)."
+        ),
+    )
+    _add_detector_dir(back)
+    back.set_defaults(handler=_rollback)
+
+
+def _add_detector_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detector-dir",
+        metavar="DIR",
+        help="the node's person-detector versions "
+        "(default: $FEDGE_DETECTOR_DIR or ~/.cache/fedge/detector)",
+    )
 
 
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
@@ -78,4 +103,40 @@ def _list(args: argparse.Namespace) -> int:
     for status in statuses:
         detail = status.source if status.state == "ok" else FETCH_HINT
         print(f"  {status.state:<8} {status.model.filename:<36} {detail}")
+    _list_detector(getattr(args, "detector_dir", None))
     return 0 if all(s.state == "ok" for s in statuses) else 1
+
+
+def _list_detector(detector_dir: str | None) -> None:
+    """Print the installed person-detector versions, ``*`` marking the current one."""
+    from clients.model_installer import list_versions, resolve_detector_dir
+
+    directory = resolve_detector_dir(detector_dir)
+    versions = list_versions(directory)
+    print(f"person detector: {directory}")
+    if not versions:
+        print("  (none installed: the SuperNode installs one after each federated round)")
+    for v in versions:
+        mark = "*" if v.current else " "
+        note = "  rolled back" if v.rolled_back else ""
+        print(
+            f"  {mark} v{v.version:<5} sha256 {v.sha256[:12]}  {v.size_bytes / 1024:8.1f} KiB  "
+            f"{v.created}  {v.quantization}{note}"
+        )
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from clients.model_installer import resolve_detector_dir, rollback
+
+    directory = resolve_detector_dir(args.detector_dir)
+    before = _current(directory)
+    now = rollback(directory)
+    print(f"person detector in {directory}: v{before} -> v{now.version} (current)")
+    return 0
+
+
+def _current(directory: Any) -> int | None:
+    from clients.model_installer import read_pointer
+
+    pointer = read_pointer(directory)
+    return None if pointer is None else pointer.version

@@ -3,7 +3,8 @@
 The JSON-lines record written by ``fedge edge --jsonl`` is ``FrameResult.to_json()``:
 one object per frame with the keys ``frame``, ``time``, ``source``, ``persons``,
 ``detections``, ``hard``, ``hard_reasons`` and ``timings_ms`` (all coordinates in
-pixels of the captured frame).
+pixels of the captured frame), plus ``model_version`` (the installed person detector
+that found the boxes, e.g. ``person-detector-v3``) when ``fedge edge`` follows one.
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ class FrameResult:
     hard: bool = False
     hard_reasons: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""  # the person detector that found the boxes ("": none followed)
 
     def to_json(self) -> dict[str, Any]:
-        """Return the documented JSON-lines record of this frame."""
-        return {
+        """Return the documented JSON-lines record of this frame (``model_version`` only
+        when set)."""
+        record: dict[str, Any] = {
             "frame": self.frame,
             "time": self.time,
             "source": self.source,
@@ -75,3 +78,6 @@ class FrameResult:
             "hard_reasons": list(self.hard_reasons),
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
         }
+        if self.model_version:
+            record["model_version"] = self.model_version
+        return record

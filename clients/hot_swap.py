@@ -1,0 +1,255 @@
+"""Follow the installed person detector in the running agent and swap new versions in.
+
+``fedge edge --detector-dir DIR`` runs the version that ``DIR``'s ``current`` pointer
+names (``clients.model_installer``). A :class:`DetectorFollower` thread looks at the
+pointer file every ``poll_s`` seconds (one ``stat``; the file is read only when it was
+replaced). When it names another version, the follower verifies it (sha256 against its
+manifest, LiteRT load, smoke inference), loads one detector per pose worker, all off the
+frame path, then hands them over (``on_swap``; the agent calls
+``Pipeline.swap_pose``): frames taken after that use the new version, frames in flight
+finish on the old one, none is dropped and nothing restarts. A version that fails is
+logged once and skipped; the old one keeps serving. A rollback moves the pointer too,
+and is followed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.detector import Detector, DetectorSpec
+from clients.model_installer import POINTER_FILE, CurrentPointer, read_pointer, version_label
+from export.artifact import (
+    DEFAULT_NAME,
+    ModelManifest,
+    artifact_paths,
+    read_manifest,
+    verify_artifact,
+)
+from fedge.core.errors import ModelError
+
+__all__ = [
+    "DetectorFollower",
+    "DetectorLoader",
+    "LoadedVersion",
+    "person_detector_loader",
+    "swap_into",
+]
+
+log = logging.getLogger(__name__)
+
+DetectorLoader = Callable[[Path, ModelManifest], Any]
+"""``(model path, manifest) -> detector``; called once per pose worker for each version."""
+
+
+def person_detector_loader(
+    score_threshold: float, num_threads: int | None = None
+) -> DetectorLoader:
+    """A loader giving a :class:`Detector` fed as the manifest says, keeping boxes down
+    to ``score_threshold`` (the agent's hard-case uncertainty floor)."""
+
+    def load(path: Path, manifest: ModelManifest) -> Detector:
+        spec = DetectorSpec(
+            labels=tuple(manifest.detector.labels),
+            score_threshold=score_threshold,
+            input_mean=manifest.input.mean,
+            input_std=manifest.input.std,
+            max_detections=manifest.detector.max_detections,
+        )
+        return Detector(path, spec, num_threads=num_threads)
+
+    return load
+
+
+def swap_into(pipeline: Any, estimators: Sequence[Any]) -> Callable[[LoadedVersion], None]:
+    """An ``on_swap`` giving ``pipeline``'s pose workers their detector of each new version.
+
+    ``estimators`` are the pipeline's top-down pose models (one per worker, in order);
+    each worker keeps its landmark model and gets the new version's detector
+    (``TopDownPoseEstimator.with_person_detector``) from the next frame taken on.
+    """
+
+    def swap(loaded: LoadedVersion) -> None:
+        models = [
+            e.with_person_detector(d) for e, d in zip(estimators, loaded.detectors, strict=True)
+        ]
+        pipeline.swap_pose(models, loaded.label)
+
+    return swap
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A verified version and its loaded detectors (one per pose worker)."""
+
+    label: str
+    version: int
+    sha256: str
+    detectors: tuple[Any, ...]
+
+
+class DetectorFollower:
+    """Load the current detector version and follow the pointer (module docstring).
+
+    Parameters
+    ----------
+    detector_dir
+        The node's detector directory.
+    load
+        Builds one detector from a verified model file (:func:`person_detector_loader`).
+    copies
+        Detectors per version (one per pose worker: interpreters are not shared).
+    on_swap
+        Called from the follower's thread with each new :class:`LoadedVersion`.
+    poll_s
+        Seconds between looks at the pointer.
+    smoke_frame
+        A frame for the smoke inference (mid-grey when ``None``).
+    """
+
+    def __init__(
+        self,
+        detector_dir: str | os.PathLike[str],
+        *,
+        load: DetectorLoader,
+        copies: int = 1,
+        on_swap: Callable[[LoadedVersion], None] | None = None,
+        poll_s: float = 1.0,
+        smoke_frame: np.ndarray | None = None,
+        name: str = DEFAULT_NAME,
+    ) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be 1 or more, got {copies}")
+        self.detector_dir = Path(detector_dir).expanduser()
+        self.load = load
+        self.copies = copies
+        self.on_swap = on_swap
+        self.poll_s = poll_s
+        self.smoke_frame = smoke_frame
+        self.name = name
+        self.active: LoadedVersion | None = None
+        self.rejected: dict[tuple[int, str], str] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> str:
+        """The label of the version serving now (``""`` before one is loaded)."""
+        active = self.active
+        return active.label if active is not None else ""
+
+    def load_current(self) -> LoadedVersion:
+        """Load the version the pointer names now (the agent's start).
+
+        Raises
+        ------
+        ModelError
+            No version is installed, or the current one fails verification.
+        """
+        self._seen = self._stat()
+        pointer = read_pointer(self.detector_dir, self.name)
+        if pointer is None:
+            raise ModelError(
+                f"no {self.name} is installed in {self.detector_dir}: the SuperNode installs "
+                "one after the first federated round (or pass --person-model FILE)"
+            )
+        self.active = self._load(pointer)
+        return self.active
+
+    def poll(self) -> LoadedVersion | None:
+        """Look at the pointer once; swap in and return a new version, else ``None``."""
+        seen = self._stat()
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            pointer = read_pointer(self.detector_dir, self.name)
+        except ModelError as err:
+            log.error("%s; keeping %s", err, self.version or "no detector")
+            return None
+        if pointer is None:
+            return None
+        key = (pointer.version, pointer.sha256)
+        active = self.active
+        if active is not None and (active.version, active.sha256) == key:
+            return None
+        if key in self.rejected:
+            return None
+        try:
+            loaded = self._load(pointer)
+        except ModelError as err:
+            self.rejected[key] = str(err)
+            log.error(
+                "%s version %d rejected by the running agent: %s; keeping %s",
+                self.name,
+                pointer.version,
+                err,
+                self.version or "no detector",
+            )
+            return None
+        self.active = loaded
+        if self.on_swap is not None:
+            self.on_swap(loaded)
+        log.warning("swapped in %s", loaded.label)
+        return loaded
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            stat = (self.detector_dir / self.name / POINTER_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def _load(self, pointer: CurrentPointer) -> LoadedVersion:
+        folder = self.detector_dir / self.name / pointer.dir
+        model_path, manifest_path = artifact_paths(folder, self.name, pointer.version)
+        manifest = read_manifest(manifest_path)
+        if manifest.sha256 != pointer.sha256 or manifest.version != pointer.version:
+            raise ModelError(
+                f"{folder} holds version {manifest.version} ({manifest.sha256[:12]}...), not "
+                f"the pointer's {pointer.version} ({pointer.sha256[:12]}...); reinstall it"
+            )
+        verify_artifact(model_path, manifest, frame=self.smoke_frame)
+        detectors = tuple(self.load(model_path, manifest) for _ in range(self.copies))
+        return LoadedVersion(
+            version_label(self.name, pointer.version), pointer.version, pointer.sha256, detectors
+        )
+
+    # -- the watcher thread ------------------------------------------------------------
+
+    def start(self) -> DetectorFollower:
+        """Start polling in a daemon thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="fedge-detector-follower", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread (safe to call twice)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+
+    def __enter__(self) -> DetectorFollower:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the agent keeps running on its current model
+                log.exception("following %s failed; keeping %s", self.name, self.version)
