@@ -9,6 +9,10 @@ Layout (``NAME`` is the artifact's name, ``person-detector``)::
         current.json                  the pointer: which version the node runs
         .lock                         held while installing or rolling back
 
+The directory (:func:`resolve_detector_dir`) is the one named, else
+``$FEDGE_DETECTOR_DIR``, else ``detector/`` inside the node's frame store, else
+``~/.cache/fedge/detector``.
+
 **Install** (:func:`install_model`): the manifest is parsed, the model is checked against
 it (``export.artifact.verify_artifact``: sha256, LiteRT loads it, input shape and dtype,
 the four post-processed outputs, a smoke inference on a local frame), against the input
@@ -69,6 +73,7 @@ __all__ = [
     "DEFAULT_KEEP",
     "DETECTOR_DIR_ENV",
     "POINTER_FILE",
+    "STORE_SUBDIR",
     "CurrentPointer",
     "InstalledVersion",
     "MapCheck",
@@ -85,6 +90,7 @@ log = logging.getLogger(__name__)
 
 DETECTOR_DIR_ENV = "FEDGE_DETECTOR_DIR"
 DEFAULT_DETECTOR_DIR = Path("~/.cache/fedge/detector")
+STORE_SUBDIR = "detector"
 POINTER_FILE = "current.json"
 POINTER_FORMAT = "fedge-current-model"
 DEFAULT_KEEP = 3
@@ -95,10 +101,19 @@ MapCheck = Callable[[bytes, ModelManifest], float]
 """``(model bytes, manifest) -> mAP@0.5`` of the model on the node's held-out frames."""
 
 
-def resolve_detector_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """``path``, else ``$FEDGE_DETECTOR_DIR``, else ``~/.cache/fedge/detector``."""
-    chosen = path or os.environ.get(DETECTOR_DIR_ENV) or DEFAULT_DETECTOR_DIR
-    return Path(chosen).expanduser()
+def resolve_detector_dir(
+    path: str | os.PathLike[str] | None = None, store_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the node keeps its detector versions.
+
+    ``path`` if given, else ``$FEDGE_DETECTOR_DIR``, else ``<store_dir>/detector`` (beside
+    the frames the detector runs on; the SuperNode and ``fedge edge`` share the store),
+    else ``~/.cache/fedge/detector``.
+    """
+    chosen = path or os.environ.get(DETECTOR_DIR_ENV)
+    if not chosen and store_dir:
+        chosen = Path(store_dir) / STORE_SUBDIR
+    return Path(chosen or DEFAULT_DETECTOR_DIR).expanduser()
 
 
 def version_label(name: str, version: int) -> str:

@@ -7,8 +7,8 @@ After each round the ServerApp sends the exported model to every connected node 
 
 The node verifies and installs it (``clients.model_installer.install_model``) into its
 detector directory (node config ``detector-dir``, else ``$FEDGE_DETECTOR_DIR``, else
-``~/.cache/fedge/detector``), using a frame of its store (node config ``store-dir``) for
-the smoke inference, and replies::
+``<store-dir>/detector``, else ``~/.cache/fedge/detector``), using a frame of its store
+(node config ``store-dir``) for the smoke inference, and replies::
 
     content["install"]  ConfigRecord {"status": "installed" | "rejected",
                                       "version": <int, -1 if unreadable>,
@@ -111,8 +111,9 @@ def install_result(record: ConfigRecord, node_config: Mapping[str, Any]) -> dict
     try:
         model, manifest = artifact_from_record(record)
         version, sha = manifest.version, manifest.sha256
-        directory = resolve_detector_dir(node_config.get(DETECTOR_DIR_KEY) or None)
-        smoke = smoke_frame_from_store(node_config.get(_STORE_DIR_KEY) or None)
+        store_dir = node_config.get(_STORE_DIR_KEY) or None
+        directory = resolve_detector_dir(node_config.get(DETECTOR_DIR_KEY) or None, store_dir)
+        smoke = smoke_frame_from_store(store_dir)
         installed = install_model(directory, model, manifest, smoke_frame=smoke)
     except ModelError as err:
         log.warning("model version %s rejected: %s", version, err)

@@ -143,8 +143,8 @@ def register(subparsers: Any) -> None:
         nargs="?",
         const="",
         metavar="DIR",
-        help="run the person detector installed in DIR by the SuperNode (default DIR: "
-        "$FEDGE_DETECTOR_DIR or ~/.cache/fedge/detector) and swap each new version in "
+        help="run the person detector the SuperNode installed in DIR (default: "
+        "$FEDGE_DETECTOR_DIR, else detector/ in --store-dir) and swap each new version in "
         "between frames; pose runs top-down as with --person-model",
     )
     parser.add_argument(
@@ -258,7 +258,7 @@ def _detector_follower(args: argparse.Namespace, min_score: float) -> DetectorFo
     from clients.model_installer import resolve_detector_dir
 
     follower = DetectorFollower(
-        resolve_detector_dir(args.detector_dir or None),
+        resolve_detector_dir(args.detector_dir or None, args.store_dir),
         load=person_detector_loader(min_score, num_threads=args.threads),
         copies=args.pose_workers or default_pose_workers(),
     )

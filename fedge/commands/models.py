@@ -64,11 +64,19 @@ def register(subparsers: Any) -> None:
 
 
 def _add_detector_dir(parser: argparse.ArgumentParser) -> None:
+    from fedge.commands.edge import DEFAULT_STORE_DIR
+
     parser.add_argument(
         "--detector-dir",
         metavar="DIR",
         help="the node's person-detector versions "
-        "(default: $FEDGE_DETECTOR_DIR or ~/.cache/fedge/detector)",
+        "(default: $FEDGE_DETECTOR_DIR, else detector/ in --store-dir)",
+    )
+    parser.add_argument(
+        "--store-dir",
+        default=str(DEFAULT_STORE_DIR),
+        metavar="DIR",
+        help=f"the node's frame store, as given to fedge edge (default: {DEFAULT_STORE_DIR})",
     )
 
 
@@ -103,15 +111,16 @@ def _list(args: argparse.Namespace) -> int:
     for status in statuses:
         detail = status.source if status.state == "ok" else FETCH_HINT
         print(f"  {status.state:<8} {status.model.filename:<36} {detail}")
-    _list_detector(getattr(args, "detector_dir", None))
+    if hasattr(args, "store_dir"):  # fedge models list (fetch lists the cache only)
+        _list_detector(args.detector_dir, args.store_dir)
     return 0 if all(s.state == "ok" for s in statuses) else 1
 
 
-def _list_detector(detector_dir: str | None) -> None:
+def _list_detector(detector_dir: str | None, store_dir: str) -> None:
     """Print the installed person-detector versions, ``*`` marking the current one."""
     from clients.model_installer import list_versions, resolve_detector_dir
 
-    directory = resolve_detector_dir(detector_dir)
+    directory = resolve_detector_dir(detector_dir, store_dir)
     versions = list_versions(directory)
     print(f"person detector: {directory}")
     if not versions:
@@ -128,7 +137,7 @@ def _list_detector(detector_dir: str | None) -> None:
 def _rollback(args: argparse.Namespace) -> int:
     from clients.model_installer import resolve_detector_dir, rollback
 
-    directory = resolve_detector_dir(args.detector_dir)
+    directory = resolve_detector_dir(args.detector_dir, args.store_dir)
     before = _current(directory)
     now = rollback(directory)
     print(f"person detector in {directory}: v{before} -> v{now.version} (current)")
