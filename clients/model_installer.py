@@ -504,8 +504,8 @@ def rollback(model_dir: str | os.PathLike[str], name: str = DEFAULT_NAME) -> Ins
                 break
         if previous is None:
             raise ModelError(
-                f"{name} version {pointer.version} is the only one left in {Path(model_dir)}: "
-                "nothing to roll back to"
+                f"no {name} version made current before {pointer.version} is left in "
+                f"{Path(model_dir)}: nothing to roll back to"
             )
         version, manifest = previous
         new = CurrentPointer(
@@ -521,7 +521,7 @@ def rollback(model_dir: str | os.PathLike[str], name: str = DEFAULT_NAME) -> Ins
             updated=_now(),
         )
         _write_pointer(root, new)
-    log.warning("rolled %s back from version %d to %d", name, pointer.version, version)
+    log.info("rolled %s back from version %d to %d", name, pointer.version, version)
     installed = current_version(model_dir, name)
     assert installed is not None
     return installed
