@@ -195,9 +195,9 @@ class DetectorFollower:
                 self.version or "no detector",
             )
             return None
-        self.active = loaded
         if self.on_swap is not None:
-            self.on_swap(loaded)
+            self.on_swap(loaded)  # raises: the old version stays active
+        self.active = loaded
         log.warning("swapped in %s", loaded.label)
         return loaded
 
