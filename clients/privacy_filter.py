@@ -6,7 +6,7 @@ Four modes (``--privacy``):
 ``none``       nothing: no hard case leaves the node (only model weights ever do)
 ``landmarks``  the frame's size, the 33 pose landmarks, boxes, scores and hard-case
                reasons of each person and detection; zero pixel bytes
-``crops``      that, plus a JPEG of each person (pose box or detector box, padded)
+``crops``      that, plus a JPEG of each person (pose box or person detector box, padded)
 ``frames``     that, plus the whole frame as a JPEG
 =============  ============================================================================
 
@@ -445,8 +445,12 @@ class PrivacyFilter:
     def crop_regions(
         self, result: FrameResult, width: int, height: int
     ) -> list[tuple[int, int, int, int]]:
-        """Padded person regions (pose boxes and detector boxes), largest first, clipped."""
-        boxes = [p.box for p in result.persons] + [d.box for d in result.detections]
+        """Padded person regions (pose boxes and ``person`` detector boxes), largest first,
+        clipped. Other labels (BlazeFace's ``face`` boxes) get no crop: a face is never what
+        the cloud labels, and it is blurred anyway."""
+        boxes = [p.box for p in result.persons] + [
+            d.box for d in result.detections if d.label == "person"
+        ]
         regions = []
         for x1, y1, x2, y2 in boxes:
             pad_x = (x2 - x1) * self.policy.crop_padding

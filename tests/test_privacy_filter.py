@@ -45,6 +45,15 @@ JPEG_SOI = b"\xff\xd8\xff"
 CHECK_SCORE = 0.3  # below BlazeFace's default 0.5: the node's own uncertainty band
 
 
+def _person_around(face: tuple[float, float, float, float]) -> Detection:
+    """A person box (as a person detector would give) around a face box: crops mode crops
+    people, not faces."""
+    x1, y1, x2, y2 = face
+    w = x2 - x1
+    return Detection((max(0.0, x1 - w), max(0.0, y1 - 0.5 * w), min(640.0, x2 + w), 480.0),
+                     "person", 0.9)  # fmt: skip
+
+
 def _face_box() -> tuple[float, float, float, float]:
     x, y = FACE_AT
     return tuple(v * FACE_SCALE + (x if i % 2 == 0 else y) for i, v in enumerate(FACE_IN_CROP))
@@ -178,7 +187,7 @@ def test_face_blazeface_finds_is_not_found_in_the_case(
     # Prepare: BlazeFace finds the face before filtering, as the node's SSD stage would
     box = _face_box()
     assert _best_face_score(face_detector, face_frame, box) >= 0.5
-    detections = face_detector.detect(face_frame)
+    detections = [*face_detector.detect(face_frame), _person_around(box)]
     result = FrameResult(frame=0, time=1.0, source="t", detections=detections, hard=True)
 
     # Execute
@@ -250,7 +259,8 @@ def test_crop_regions_are_padded_and_clipped_to_the_frame(model_dir: Path) -> No
         detections=[
             Detection((600.0, 400.0, 640.0, 480.0), "person", 0.5),  # at the corner
             Detection((100.0, 100.0, 200.0, 300.0), "person", 0.9),
-            Detection((10.0, 10.0, 14.0, 14.0), "face", 0.4),  # too small to crop
+            Detection((10.0, 10.0, 14.0, 14.0), "person", 0.4),  # too small to crop
+            Detection((300.0, 20.0, 420.0, 110.0), "face", 0.4),  # not a person: no crop
         ],
     )
     privacy = PrivacyFilter.create("crops", str(model_dir))
@@ -348,7 +358,7 @@ def test_received_pixels_hold_no_face_blazeface_finds(
                 frame=0,
                 time=1.0,
                 source="t",
-                detections=face_detector.detect(face_frame),
+                detections=[*face_detector.detect(face_frame), _person_around(box)],
                 hard=True,
                 hard_reasons=["uncertain_score"],
             ),
