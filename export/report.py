@@ -24,6 +24,7 @@ __all__ = [
     "compare_detections",
     "match_detections",
     "measure_export",
+    "partner_score_gaps",
 ]
 
 Detect = Callable[[np.ndarray], Sequence[Detection]]
@@ -91,6 +92,40 @@ def compare_detections(
         lone_a += [(frame, i, d.score) for i, d in enumerate(found_a) if i not in paired_a]
         lone_b += [(frame, j, d.score) for j, d in enumerate(found_b) if j not in paired_b]
     return Agreement(tuple(pairs), tuple(ious), tuple(diffs), tuple(lone_a), tuple(lone_b))
+
+
+def partner_score_gaps(
+    a: Sequence[Sequence[Detection]],
+    b: Sequence[Sequence[Detection]],
+    *,
+    counted_score: float = 0.4,
+    iou_threshold: float = 0.5,
+) -> np.ndarray:
+    """For each detection of ``a`` scoring at least ``counted_score``: the smallest
+    ``|score difference|`` to a detection of ``b`` on the same frame overlapping it at IoU
+    ``>= iou_threshold`` (``inf`` where there is none).
+
+    Unlike one-to-one matching, this is not misled by near-ties of non-maximum
+    suppression (two overlapping anchors whose order differs between the models).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} frames of detections against {len(b)}")
+    gaps = []
+    for found_a, found_b in zip(a, b, strict=True):
+        counted = [d for d in found_a if d.score >= counted_score]
+        if not counted:
+            continue
+        if not found_b:
+            gaps += [np.inf] * len(counted)
+            continue
+        overlaps = iou_matrix([d.box for d in counted], [d.box for d in found_b])
+        scores_b = np.array([d.score for d in found_b])
+        for row, detection in zip(overlaps, counted, strict=True):
+            near = row >= iou_threshold
+            gaps.append(
+                float(np.min(np.abs(scores_b[near] - detection.score))) if near.any() else np.inf
+            )
+    return np.asarray(gaps, dtype=np.float64)
 
 
 @dataclass(frozen=True)

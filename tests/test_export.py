@@ -23,21 +23,25 @@ from export.artifact import (
     verify_artifact,
     write_artifact,
 )
-from export.report import compare_detections, measure_export
+from export.report import compare_detections, measure_export, partner_score_gaps
 from fedge.core.errors import ConfigError, ModelError
 from fedge.core.geometry import iou_matrix
 from models.box_coding import DEFAULT_ANCHORS, decode_boxes, generate_anchors
 
 TRAIN_FRAMES = tuple(range(0, 96, 8))  # 12 frames
-CALIBRATION_FRAMES = tuple(range(4, 240, 15))  # 16 frames of the shipped clip
+CALIBRATION_FRAMES = tuple(range(4, 240, 8))  # 30 frames of the shipped clip
 CHECK_FRAMES = (150, 170, 190, 210, 230, 239)
 COMPARE_THRESHOLD = 0.2
 """Both models report boxes down to this score, so a box near the operating threshold in
 one still finds its partner in the other."""
 COUNTED_SCORE = 0.4
 """Every box at or above this score in either model must have a partner."""
-MAX_SCORE_DIFF = 0.1
-"""Measured (AVX-512, 6 frames): largest |float - int8| score of a pair 0.05."""
+MAX_SCORE_GAP = 0.15
+"""Largest |float - int8| score between a box >= COUNTED_SCORE and its closest-scoring
+partner at IoU >= 0.5. Measured on a detector trained 25 epochs, 30 frames, ~189 boxes
+each way: median 0.008-0.009, max 0.081 (16 calibration frames) and 0.105 (48)."""
+MEDIAN_SCORE_GAP = 0.04
+"""Measured median 0.008-0.009 (same runs)."""
 MAX_SIZE_RATIO = 0.55
 """int8 / float32 file size; measured 0.49 (README: what the rest of the int8 file is)."""
 
@@ -115,17 +119,21 @@ def test_int8_export_runs_in_the_detector_and_matches_the_float_model(exports: d
     frames = [exports["frames"][i] for i in CHECK_FRAMES]
 
     # Execute
-    agreement = compare_detections(
-        [float_model.detect(f) for f in frames], [int8_model.detect(f) for f in frames]
+    found_float = [float_model.detect(f) for f in frames]
+    found_int8 = [int8_model.detect(f) for f in frames]
+    gaps = np.concatenate(
+        [partner_score_gaps(found_float, found_int8), partner_score_gaps(found_int8, found_float)]
     )
+    agreement = compare_detections(found_float, found_int8)
 
-    # Assert: int8 input, the same people (IoU >= 0.5), scores within MAX_SCORE_DIFF.
+    # Assert: int8 input; every confident box of either model has a partner in the other
+    # at IoU >= 0.5 with a score within MAX_SCORE_GAP; most pairs agree closely.
     assert int8_model.model.inputs[0].dtype == np.int8
-    assert len(agreement.pairs) >= len(CHECK_FRAMES)
-    assert max(agreement.score_diffs) <= MAX_SCORE_DIFF, agreement.score_diffs
+    assert gaps.size >= len(CHECK_FRAMES), "the trained model should find people"
+    assert gaps.max() <= MAX_SCORE_GAP, np.round(gaps, 3)
+    assert np.median(gaps) <= MEDIAN_SCORE_GAP, np.round(gaps, 3)
+    assert len(agreement.pairs) >= gaps.size / 2
     assert min(agreement.ious) >= 0.5
-    lone = [s for _, _, s in agreement.unmatched_a + agreement.unmatched_b]
-    assert all(s < COUNTED_SCORE for s in lone), agreement
 
 
 @pytest.mark.slow
@@ -257,3 +265,24 @@ def test_a_manifest_with_missing_or_bad_fields_is_a_model_error(tmp_path: Path) 
     with pytest.raises(ModelError, match="cannot read model manifest"):
         read_manifest(path)
     assert isinstance(ModelManifest.from_json(good).detector, DetectionSpec)
+
+
+def test_partner_gaps_and_matching_pair_boxes_of_the_same_person() -> None:
+    from fedge.core.records import Detection
+
+    def person(x: float, score: float) -> Detection:
+        return Detection((x, 0.0, x + 10.0, 20.0), "person", score)
+
+    # Frame 0: two overlapping boxes in b (an NMS near-tie); frame 1: nobody in b.
+    a = [[person(0, 0.8), person(100, 0.3)], [person(50, 0.5)]]
+    b = [[person(1, 0.2), person(2, 0.75)], []]
+
+    gaps = partner_score_gaps(a, b, counted_score=0.4)
+    agreement = compare_detections(a, b)
+
+    # The 0.8 box's closest-scoring partner is the 0.75 one; the 0.3 box is not counted.
+    np.testing.assert_allclose(gaps, [0.05, np.inf])
+    # One-to-one matching takes the highest IoU instead (the 0.2 box).
+    assert agreement.pairs == ((0, 0, 0),)
+    assert [round(d, 2) for d in agreement.score_diffs] == [0.6]
+    assert [(f, i) for f, i, _ in agreement.unmatched_a] == [(0, 1), (1, 0)]
