@@ -400,7 +400,10 @@ def _place(root: Path, artifact: ModelArtifact) -> None:
     """Write ``artifact`` into ``root/vNNNNNN`` through a staging folder and a rename."""
     manifest = artifact.manifest
     final = root / _version_dir(manifest.version)
-    existing = _installed(root, manifest.version, manifest.name) if final.exists() else None
+    existing = None
+    if final.exists():
+        with contextlib.suppress(ModelError):  # an unreadable copy is replaced below
+            existing = _installed(root, manifest.version, manifest.name)
     if existing is not None and existing.sha256 != manifest.sha256:
         raise ModelError(
             f"version {manifest.version} is already installed with sha256 "
