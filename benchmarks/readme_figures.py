@@ -92,6 +92,43 @@ def _edge() -> str:
     )
 
 
+def _uplink() -> str:
+    table = {(r["section"], r["item"], r["metric"]): float(r["value"]) for r in _rows("uplink.csv")}
+
+    def v(section: str, item: str, metric: str) -> float:
+        return table[(section, item, metric)]
+
+    def pct(item: str, metric: str) -> float:
+        return 100 * v("bytes", item, metric)
+
+    busy = re.search(r"other processes used (\d+)% of the CPU", _header("uplink.md"))
+    load = (
+        f"with other processes using {busy.group(1)}% of the CPU" if busy else "on an idle machine"
+    )
+    size = max(int(item.split()[1]) for section, item, _ in table if section == "burst")
+    burst = f"burst {size}"
+    p95 = {m: v("latency", m, "round trip p95") for m in ("landmarks", "crops", "frames")}
+    return (
+        f"- uplink on the sample clip (`uplink.md`): "
+        f"{100 * v('node', 'hard cases', 'accepted share'):.1f}% of frames become hard cases "
+        f"under the default policy; per case, landmarks "
+        f"{v('bytes', 'landmarks', 'bytes per case'):,.0f} B, crops "
+        f"{pct('crops', 'case / frame JPEG median'):.0f}% and frames "
+        f"{pct('frames', 'case / frame JPEG median'):.0f}% of the frame's JPEG (pose crops "
+        f"alone {pct('crops', 'person crops / frame JPEG median'):.0f}%); the clip's bytes up "
+        f"in frames mode are {pct('frames', 'clip bytes vs every frame JPEG'):.1f}% of sending "
+        f"every frame; round trip p95 on loopback {p95['landmarks']:.2f} s (landmarks), "
+        f"{p95['crops']:.2f} s (crops), {p95['frames']:.2f} s (frames) {load}; the full "
+        f"teacher answers {v('throughput', 'frames', 'cases per second'):.2f} frames cases/s "
+        f"({v('throughput', 'frames', 'service CPU per case'):.0f} ms CPU each) and finds "
+        f"{v('persons', 'fused', 'persons per frame'):.1f} persons a frame where the node's "
+        f"BlazePose finds {v('persons', 'node', 'persons per frame'):.2f}; a burst of {size} "
+        f"cases: {v('burst', burst, 'answered'):.0f} served, "
+        f"{v('burst', burst, 'refused'):.0f} refused with RESOURCE_EXHAUSTED, RSS "
+        f"{v('burst', burst, 'idle rss'):.0f} -> {v('burst', burst, 'peak rss'):.0f} MiB;"
+    )
+
+
 def _compression() -> str:
     rows = {r["variant"]: r for r in _rows("compression_sweep_full.csv")}
 
@@ -135,7 +172,7 @@ def _niid() -> str:
 
 def figures_block() -> str:
     """The generated Markdown block, markers included."""
-    lines = [_fedavg(), _train_speed(), _edge(), _compression(), _niid()]
+    lines = [_fedavg(), _train_speed(), _edge(), _uplink(), _compression(), _niid()]
     return "\n".join([BEGIN, *lines, END])
 
 
