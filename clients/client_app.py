@@ -1,9 +1,11 @@
-"""The fedge ClientApp: trains and evaluates the global model on this node's partition.
+"""The fedge ClientApp: trains and evaluates the global model on this node's data.
 
-Node config (``--node-config`` or the simulation): ``partition-id``, ``num-partitions``
-and optionally ``data-dir`` (overrides the run config's, for data provisioned on the
-node). The work itself lives in ``clients.fashion_mnist_node``; this module only
-translates Flower messages.
+The run config's ``task`` picks the work from the task registry (``clients.tasks``); this
+module only translates Flower messages. Node config (``--node-config`` or the
+simulation): what the task needs (fashion-mnist: ``partition-id``, ``num-partitions``;
+person-detector: ``store-dir``) and optionally ``data-dir`` (overrides the run config's,
+for data provisioned on the node). A reply carries the task's weights (plain or
+compressed) and numbers only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.attacks import apply_attack, is_malicious
-from clients.fashion_mnist_node import get_trainer, node_data_for, round_seed
+from clients.fashion_mnist_node import round_seed
+from clients.model_updates import INSTALL_MODEL_ACTION, install_model_reply
+from clients.tasks import NodeSetup, Task, get_task
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig
 from strategies.compression import (
@@ -31,22 +35,18 @@ __all__ = ["app"]
 app = ClientApp(mods=[dp_client_mod])
 
 
-def _node_setup(context: Context) -> tuple[RunConfig, int, int]:
+def _node_setup(context: Context) -> tuple[RunConfig, Task, NodeSetup]:
     values = dict(context.run_config)
     if "data-dir" in context.node_config:
         values["data-dir"] = str(context.node_config["data-dir"])
     cfg = RunConfig.from_mapping(values)
-    try:
-        partition_id = int(context.node_config["partition-id"])
-        num_partitions = int(context.node_config["num-partitions"])
-    except KeyError as err:
-        raise ConfigError(
-            f"node config lacks {err.args[0]!r}; start the SuperNode with "
-            '--node-config "partition-id=0 num-partitions=2"'
-        ) from err
-    if cfg.num_partitions:
-        num_partitions = cfg.num_partitions
-    return cfg, partition_id, num_partitions
+    task = get_task(cfg.task)
+    return cfg, task, task.node_setup(cfg, context.node_config)
+
+
+def _identity(node: NodeSetup) -> dict[str, int]:
+    """The ``partition-id`` metric when the node has one (replies are ordered by it)."""
+    return {} if node.partition_id is None else {"partition-id": node.partition_id}
 
 
 def _received_weights(msg: Message) -> list[np.ndarray]:
@@ -57,39 +57,37 @@ def _received_weights(msg: Message) -> list[np.ndarray]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received model on the local partition and reply with new weights."""
-    cfg, partition_id, num_partitions = _node_setup(context)
-    data = node_data_for(cfg, partition_id, num_partitions)
-    trainer = get_trainer(cfg.task, cfg.momentum, cfg.cpu_threads)
+    """Train the received model on the node's data and reply with new weights."""
+    cfg, task, node = _node_setup(context)
     global_weights = _received_weights(msg)
-    trainer.set_weights(global_weights)
     config = msg.content.config_records.get("config", {})
     server_round = int(config.get("server-round", 0))
     local = client_side(cfg, msg, context, global_weights)  # SCAFFOLD, FedNova: extra work
-    result = trainer.fit(
-        data.x_train,
-        data.y_train,
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        seed=round_seed(cfg.seed, server_round, partition_id),
+    result = task.train(
+        cfg,
+        node,
+        global_weights,
+        server_round=server_round,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         correction=local.correction(),
     )
-    weights = trainer.get_weights()
+    weights = result.weights
     extra_arrays, extra_metrics = local.finish(weights, result.steps)
-    if cfg.attack != "none" and is_malicious(partition_id, num_partitions, cfg.malicious_fraction):
-        rng = np.random.default_rng(round_seed(cfg.seed, server_round, partition_id))
-        weights = apply_attack(cfg.attack, weights, global_weights, cfg.attack_scale, rng)
+    if cfg.attack != "none":
+        if node.partition_id is None or node.num_partitions is None:
+            raise ConfigError(
+                f"attack={cfg.attack} picks malicious nodes by partition: start the "
+                'SuperNode with --node-config "partition-id=0 num-partitions=2"'
+            )
+        if is_malicious(node.partition_id, node.num_partitions, cfg.malicious_fraction):
+            rng = np.random.default_rng(round_seed(cfg.seed, server_round, node.partition_id))
+            weights = apply_attack(cfg.attack, weights, global_weights, cfg.attack_scale, rng)
     arrays = _encode(weights, global_weights, cfg, context)
     metrics = MetricRecord(
         {
-            "train_loss": result.loss,
-            "train_accuracy": result.accuracy,
-            "samples-per-second": result.samples_per_second,
-            "train-seconds": result.seconds,
-            "partition-id": partition_id,
-            "num-examples": len(data.x_train),
+            **result.metrics,
+            **_identity(node),
+            "num-examples": result.num_examples,
             **extra_metrics,
         }
     )
@@ -101,6 +99,12 @@ def train(msg: Message, context: Context) -> Message:
 def node_info(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition-id (SCAFFOLD restores its c_i by it)."""
     return node_info_reply(msg, context)
+
+
+@app.query(INSTALL_MODEL_ACTION)
+def install_model(msg: Message, context: Context) -> Message:
+    """Verify and install the model the server exported; reply with the verdict."""
+    return install_model_reply(msg, context)
 
 
 def _encode(
@@ -119,18 +123,13 @@ def _encode(
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received model on the local validation split."""
-    cfg, partition_id, num_partitions = _node_setup(context)
-    data = node_data_for(cfg, partition_id, num_partitions)
-    trainer = get_trainer(cfg.task, cfg.momentum, cfg.cpu_threads)
-    trainer.set_weights(_received_weights(msg))
-    loss, accuracy = trainer.evaluate(data.x_val, data.y_val)
+    """Evaluate the received model on the node's held-out data."""
+    cfg, task, node = _node_setup(context)
+    config = msg.content.config_records.get("config", {})
+    result = task.evaluate(
+        cfg, node, _received_weights(msg), server_round=int(config.get("server-round", 0))
+    )
     metrics = MetricRecord(
-        {
-            "eval_loss": loss,
-            "eval_accuracy": accuracy,
-            "partition-id": partition_id,
-            "num-examples": len(data.x_val),
-        }
+        {**result.metrics, **_identity(node), "num-examples": result.num_examples}
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,40 +1,36 @@
-"""Evaluate the global model on the held-out test set on the server.
+"""Evaluate the global model on the server's own data, as the run's task defines it.
 
-The server resolves the run config's ``data-dir`` in its own process (its own
-``FEDGE_DATA_DIR``; see ``data.fashion_mnist``) and logs which data set it evaluates on.
+The task (``clients.tasks``) supplies both the initial model and the evaluation:
+fashion-mnist evaluates on the held-out test set (the server resolves the run config's
+``data-dir`` in its own process, its own ``FEDGE_DATA_DIR``; see ``data.fashion_mnist``);
+person-detector has no central data (the nodes report mAP), so every round's central
+metrics are empty.
 """
 
 from __future__ import annotations
 
-import logging
-
 from flwr.app import ArrayRecord, MetricRecord
 
-from data.fashion_mnist import load_fashion_mnist
+from clients.tasks import get_task
 from fedge.core.run_config import RunConfig
-from models.cnn import build_cnn
-from models.training import LocalTrainer, to_model_input
 
 __all__ = ["CentralEvaluator"]
 
-log = logging.getLogger(__name__)
-
 
 class CentralEvaluator:
-    """Callable ``(round, arrays) -> MetricRecord`` with test loss and accuracy."""
+    """Callable ``(round, arrays) -> MetricRecord | None`` for the run's task."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        dataset = load_fashion_mnist(cfg.data_dir)
-        log.warning("central evaluation data: %s", dataset.describe())
-        self.x_test = to_model_input(dataset.x_test)
-        self.y_test = dataset.y_test
-        self._trainer = LocalTrainer(lambda: build_cnn(seed=cfg.seed))
+        self._cfg = cfg
+        self._task = get_task(cfg.task)
+        self._evaluate = self._task.central_evaluation(cfg)
 
     def initial_arrays(self) -> ArrayRecord:
         """The untrained global model (deterministic in the run seed)."""
-        return ArrayRecord(self._trainer.get_weights())
+        return ArrayRecord(self._task.initial_weights(self._cfg))
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self._trainer.set_weights(arrays.to_numpy_ndarrays())
-        loss, accuracy = self._trainer.evaluate(self.x_test, self.y_test)
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if self._evaluate is None:
+            return None
+        metrics = self._evaluate(server_round, arrays.to_numpy_ndarrays())
+        return None if metrics is None else MetricRecord(metrics)

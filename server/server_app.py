@@ -1,8 +1,11 @@
 """The fedge ServerApp: strategy from the registry, central evaluation, checkpoints.
 
 Run knobs come from ``[tool.flwr.app.config]`` (see ``fedge.core.run_config.RunConfig``).
-Each round appends a line to ``<output-dir>/<run-name>/metrics.jsonl`` and writes a
-checkpoint; ``resume=true`` continues from the newest checkpoint of the same run.
+The task (``clients.tasks``) gives the initial model, the central evaluation and the
+export after each round (person-detector: a versioned artifact in
+``<output-dir>/<run-name>/models/``). Each round appends a line to
+``<output-dir>/<run-name>/metrics.jsonl`` and writes a checkpoint; ``resume=true``
+continues from the newest checkpoint of the same run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from clients.tasks import get_task
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig
 from server.central_evaluation import CentralEvaluator
@@ -26,6 +30,7 @@ from server.checkpoint import (
     strategy_state,
 )
 from server.metrics_log import MetricsLog
+from server.model_broadcast import broadcast_exported
 from server.rounds import RoundReport, run_rounds
 from server.run_directory import prepare_run_directory
 from strategies.privacy import dp_noise_stddev, wrap_with_dp
@@ -60,13 +65,20 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.stop_after_round:
         last_round = min(last_round, cfg.stop_after_round)
 
+    task = get_task(cfg.task)
+
     def on_round_end(report: RoundReport) -> None:
-        line = metrics.append(report, extra=dp_noise_stddev(strategy))
+        weights = report.arrays.to_numpy_ndarrays()
+        exported = task.export(cfg, report.round, weights, run_dir / "models")
+        delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
+        line = metrics.append(
+            report, extra={**dp_noise_stddev(strategy), **exported, **delivered}
+        )
         save_checkpoint(
             run_dir,
             Checkpoint(
                 report.round,
-                report.arrays.to_numpy_ndarrays(),
+                weights,
                 config_hash,
                 strategy_state(strategy),
             ),

@@ -20,10 +20,19 @@ __all__ = ["LoopbackGrid", "run_loopback_rounds"]
 
 
 class LoopbackGrid(Grid):
-    """``num_nodes`` nodes, node ``i`` with ``partition-id=i``; replies in node order."""
+    """``num_nodes`` nodes, node ``i`` with ``partition-id=i`` plus ``node_configs[i]``
+    (e.g. a ``store-dir``); replies in node order, every reply kept in ``replies``."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: dict[str, Any],
+        node_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         self._app = client_app
+        self.replies: list[Message] = []
+        extra = node_configs or [{} for _ in range(num_nodes)]
         TaskIdentity.run_id = 1  # what a real ServerApp process has set
         TaskIdentity.node_id = 0
         TaskIdentity.task_id = 1
@@ -31,7 +40,7 @@ class LoopbackGrid(Grid):
             1000 + i: Context(
                 run_id=1,
                 node_id=1000 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={"partition-id": i, "num-partitions": num_nodes, **extra[i]},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -67,6 +76,7 @@ class LoopbackGrid(Grid):
             node_id = message.metadata.dst_node_id
             reply = self._app(message, self._contexts[node_id])
             replies.append(reply)
+        self.replies.extend(replies)
         return replies
 
 

@@ -26,17 +26,32 @@ from fedge.core.partition_scheme import PARTITIONERS, PartitionScheme
 
 __all__ = [
     "ATTACKS",
+    "DETECTOR_EXPORTS",
     "DP_MODES",
     "NON_TRAINING_KEYS",
     "NO_DP_STRATEGIES",
     "STRATEGIES",
     "TASKS",
+    "TASK_UNSUPPORTED_STRATEGIES",
     "RunConfig",
     "UnknownStrategyError",
     "parse_set_pairs",
 ]
 
-TASKS = ("fashion-mnist",)
+# Must equal the keys of ``clients.tasks.TASKS``, in order.
+TASKS = ("fashion-mnist", "person-detector")
+# Strategies a task cannot run, and why (one line each).
+TASK_UNSUPPORTED_STRATEGIES = {
+    "person-detector": {
+        "scaffold": "its control variates assume plain SGD at learning-rate on every weight, "
+        "the detector trains with Adam and carries batch-norm statistics",
+        "fednova": "its normalization assumes plain SGD with momentum, the detector trains "
+        "with Adam",
+    },
+}
+# How the ServerApp exports the person detector after each round: ``export``'s
+# quantizations, or "none".
+DETECTOR_EXPORTS = ("int8", "float16", "float32", "none")
 # Must equal the keys of ``strategies.registry.STRATEGIES``, in order.
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
@@ -129,6 +144,14 @@ _RANGES: dict[str, tuple[_Range, str]] = {
     "dp_clipping_norm": (_POSITIVE, ""),
     "dp_target_quantile": (_Range(0, 1, low_closed=False), "dp=*-adaptive"),
     "cpu_threads": (_AT_LEAST_0, "0 = TensorFlow's choice"),
+    "detector_learning_rate": (_POSITIVE, "person-detector: Adam"),
+    "detector_batch_size": (_AT_LEAST_1, "person-detector"),
+    "detector_max_frames": (_AT_LEAST_0, "person-detector; 0 = every training frame"),
+    "detector_own_weight": (_SHARE, "person-detector"),
+    "detector_pose_min_score": (_SHARE, "person-detector"),
+    "detector_self_min_score": (_SHARE, "person-detector"),
+    "detector_label_min_score": (_SHARE, "person-detector"),
+    "detector_int8_eval_every": (_AT_LEAST_0, "person-detector; 0 = never"),
 }
 # The name lists each enumerated knob must be one of.
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -137,6 +160,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "partitioner": PARTITIONERS,
     "attack": ATTACKS,
     "dp": DP_MODES,
+    "detector_export": DETECTOR_EXPORTS,
 }
 
 
@@ -189,13 +213,25 @@ class RunConfig:
     compression_min_elements: int = 256
     compression_error_feedback: bool = True
     cpu_threads: int = 0
+    # person-detector only (validated for every task; see clients.tasks.person_detector)
+    detector_learning_rate: float = 0.005
+    detector_batch_size: int = 8
+    detector_max_frames: int = 0
+    detector_own_weight: float = 0.5
+    detector_pose_min_score: float = 0.8
+    detector_self_min_score: float = 0.9
+    detector_label_min_score: float = 0.3
+    detector_augment: bool = True
+    detector_int8_eval_every: int = 1
+    detector_export: str = "int8"
+    detector_calibration_dir: str = ""
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
                 error = UnknownStrategyError if name == "strategy" else ConfigError
-                noun = {"dp": "dp mode"}.get(name, name)
+                noun = {"dp": "dp mode"}.get(name, _key(name))
                 raise error(f"unknown {noun} {value!r}; valid names: {', '.join(choices)}")
         for name, value in asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -208,6 +244,12 @@ class RunConfig:
             PartitionScheme(self.partitioner, self.partitioner_param)
         except ConfigError as err:
             raise ConfigError(f"partitioner-param {self.partitioner_param:g}: {err}") from err
+        refused = TASK_UNSUPPORTED_STRATEGIES.get(self.task, {})
+        if self.strategy in refused:
+            raise ConfigError(
+                f"task {self.task} cannot run strategy {self.strategy}: "
+                f"{refused[self.strategy]}; use another strategy (fedavg, fedprox, ...)"
+            )
         if self.dp != "none" and self.strategy in NO_DP_STRATEGIES:
             raise ConfigError(
                 f"strategy {self.strategy} cannot run with dp={self.dp}: "

@@ -1,0 +1,381 @@
+"""The person detector's training and evaluation examples, read from the node's frame store.
+
+Examples
+--------
+Every round the node lists its store again (it grows between rounds) and turns frames
+into examples; only file paths and boxes are held, the JPEGs are read a batch at a time.
+
+- **Cloud-labelled frames** (label status ``labelled``, a :class:`~fedge.core.labels.FrameLabel`
+  with the fused boxes): every ``person`` box whose fused score is at least
+  ``label_min_score`` is a target of weight :data:`CLOUD_WEIGHT` (1.0); boxes below it are
+  *ignored regions* (anchors overlapping them are neither person nor background). All
+  other anchors are background: the cloud looked at the whole frame.
+- **The node's own confident boxes** on frames without a label: BlazePose person boxes
+  (``persons``, score >= ``pose_min_score``) and the node's detector boxes (``detections``
+  labelled ``person``, score >= ``self_min_score``), weight ``own_weight`` (0.5 by
+  default). Only their positive anchors train: the pose model finds about one of six
+  people in a crowded frame, so calling the rest background would teach the detector to
+  miss them.
+- Frames with neither are skipped (a frame nobody labelled is not known to be empty).
+
+Held-out share
+--------------
+A frame is held out when the CRC-32 of ``frame/<id>`` falls in the first ``share`` of its
+range: deterministic, stable as the store grows, the same on every run. A held-out frame
+is never trained on, labelled or not; its cloud label (if any) is the evaluation's truth.
+
+Augmentation (training only, NumPy/OpenCV, seeded per round, epoch and batch)
+------------------------------------------------------------------------------
+Scale/crop jitter (a crop of 70-100 % of the frame's side, same aspect, at a random
+place; a box keeps at least half its area or becomes an ignored region), horizontal flip
+(p = 0.5), and photometric jitter (contrast and saturation x0.75-1.25, brightness
++-20 levels).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+
+from data.frame_store import FrameStore, StoredFrame
+from fedge.core.errors import StoreError
+from fedge.core.geometry import iou_matrix
+from fedge.core.labels import LabelError
+from models.box_coding import (
+    DEFAULT_ANCHORS,
+    TARGET_COLUMNS,
+    AnchorSpec,
+    encode_targets,
+    generate_anchors,
+)
+from models.person_detector import frame_to_input, normalize_input
+
+__all__ = [
+    "CLOUD_WEIGHT",
+    "DetectorExample",
+    "ExampleRules",
+    "NodeExamples",
+    "StoreBatches",
+    "augment",
+    "example_targets",
+    "is_held_out",
+    "list_examples",
+    "load_input",
+]
+
+log = logging.getLogger(__name__)
+
+CLOUD_WEIGHT = 1.0
+"""Loss weight of a box the cloud labelled (the node's own boxes: ``own_weight``)."""
+PERSON = "person"
+CROP_SCALE = (0.7, 1.0)
+MIN_VISIBLE = 0.5
+PHOTOMETRIC = {"contrast": 0.25, "saturation": 0.25, "brightness": 20.0}
+
+
+@dataclass(frozen=True)
+class ExampleRules:
+    """Which boxes train, with what weight, and the held-out share (module docstring)."""
+
+    label_min_score: float = 0.3
+    pose_min_score: float = 0.8
+    self_min_score: float = 0.9
+    own_weight: float = 0.5
+    held_out_share: float = 0.2
+
+
+@dataclass(frozen=True)
+class DetectorExample:
+    """One frame as a training or evaluation example; boxes in frame pixels ``xyxy``.
+
+    ``background`` says whether anchors away from every box are background (cloud
+    labels) or ignored (the node's own partial boxes).
+    """
+
+    frame_id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    weights: np.ndarray
+    ignore: np.ndarray
+    background: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class NodeExamples:
+    """A node's examples this round: training, held-out evaluation, and counts."""
+
+    train: list[DetectorExample] = field(default_factory=list)
+    held_out: list[DetectorExample] = field(default_factory=list)
+    frames_seen: int = 0
+    unreadable_labels: int = 0
+
+    def count(self, source: str) -> int:
+        """Training examples from ``source`` (``"cloud"`` or ``"own"``)."""
+        return sum(1 for e in self.train if e.source == source)
+
+
+def is_held_out(frame_id: int, share: float) -> bool:
+    """Whether frame ``frame_id`` belongs to the held-out share (module docstring)."""
+    return zlib.crc32(f"frame/{frame_id}".encode()) < share * 2**32
+
+
+def _boxes(values: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(-1, 4)
+
+
+def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample | None:
+    label = frame.frame_label
+    if label is None:
+        return None
+    people = [b for b in label.boxes if b.label == PERSON]
+    sure = [b.box for b in people if b.score >= rules.label_min_score]
+    unsure = [b.box for b in people if b.score < rules.label_min_score]
+    return DetectorExample(
+        frame_id=frame.id,
+        path=frame.path,
+        width=frame.width,
+        height=frame.height,
+        boxes=_boxes(sure),
+        weights=np.full(len(sure), CLOUD_WEIGHT, np.float32),
+        ignore=_boxes(unsure),
+        background=True,
+        source="cloud",
+    )
+
+
+def _own_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample | None:
+    own = [p["box"] for p in frame.persons if float(p["score"]) >= rules.pose_min_score]
+    own += [
+        d["box"]
+        for d in frame.detections
+        if d["label"] == PERSON and float(d["score"]) >= rules.self_min_score
+    ]
+    if not own:
+        return None
+    boxes = _boxes(own)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, frame.width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, frame.height)
+    return DetectorExample(
+        frame_id=frame.id,
+        path=frame.path,
+        width=frame.width,
+        height=frame.height,
+        boxes=boxes,
+        weights=np.full(len(boxes), rules.own_weight, np.float32),
+        ignore=_boxes([]),
+        background=False,
+        source="own",
+    )
+
+
+def list_examples(store_dir: str | os.PathLike[str], rules: ExampleRules) -> NodeExamples:
+    """List the store's examples now (read-only; JPEGs are not opened).
+
+    Raises
+    ------
+    StoreError
+        If there is no frame store at ``store_dir``.
+    """
+    train: list[DetectorExample] = []
+    held_out: list[DetectorExample] = []
+    seen = unreadable = 0
+    store = FrameStore.open_reader(store_dir)
+    try:
+        for frame in store.iter_frames():
+            seen += 1
+            try:
+                example = _cloud_example(frame, rules)
+            except LabelError as err:
+                unreadable += 1
+                log.warning("frame %d: label skipped (%s)", frame.id, err)
+                example = None
+            if is_held_out(frame.id, rules.held_out_share):
+                if example is not None:
+                    held_out.append(example)
+                continue
+            if example is None and rules.own_weight > 0:
+                example = _own_example(frame, rules)
+            if example is not None:
+                train.append(example)
+    finally:
+        store.close()
+    return NodeExamples(train, held_out, seen, unreadable)
+
+
+def load_input(example: DetectorExample, spec: AnchorSpec = DEFAULT_ANCHORS) -> np.ndarray:
+    """The example's frame as the detector's RGB uint8 input (no augmentation)."""
+    return frame_to_input(_read(example), spec)
+
+
+def _read(example: DetectorExample) -> np.ndarray:
+    image = cv2.imread(str(example.path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise StoreError(
+            f"frame {example.frame_id} is missing or unreadable at {example.path} "
+            "(evicted since the round started?); the next round lists the store again"
+        )
+    return image
+
+
+def augment(
+    frame_bgr: np.ndarray,
+    boxes: np.ndarray,
+    ignore: np.ndarray,
+    rng: np.random.Generator,
+    spec: AnchorSpec = DEFAULT_ANCHORS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crop-jitter, flip and recolour one frame (module docstring).
+
+    Returns the RGB uint8 input, the kept boxes and the ignored regions (both normalized
+    to the input, ``xyxy``), and which of ``boxes`` were kept.
+    """
+    height, width = frame_bgr.shape[:2]
+    scale = rng.uniform(*CROP_SCALE)
+    crop_w, crop_h = max(1, round(width * scale)), max(1, round(height * scale))
+    x0 = int(rng.integers(0, width - crop_w + 1))
+    y0 = int(rng.integers(0, height - crop_h + 1))
+    crop = frame_bgr[y0 : y0 + crop_h, x0 : x0 + crop_w]
+    shift = np.array([x0, y0, x0, y0], np.float32)
+    size = np.array([crop_w, crop_h, crop_w, crop_h], np.float32)
+
+    def clipped(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        moved = b - shift
+        inside = np.clip(moved, 0, size)
+        area = np.prod(np.maximum(moved[:, 2:] - moved[:, :2], 1e-6), axis=1)
+        visible = np.prod(np.maximum(inside[:, 2:] - inside[:, :2], 0), axis=1) / area
+        return inside / size, visible
+
+    kept_boxes, visible = clipped(boxes)
+    keep = visible >= MIN_VISIBLE
+    cut = (visible > 0) & ~keep  # people cut by the crop: neither person nor background
+    ignored, ignore_visible = clipped(ignore)
+    regions = np.concatenate([ignored[ignore_visible > 0], kept_boxes[cut]])
+    kept_boxes = kept_boxes[keep]
+    image = frame_to_input(crop, spec)
+    if rng.random() < 0.5:
+        image = np.ascontiguousarray(image[:, ::-1])
+        kept_boxes = _flip(kept_boxes)
+        regions = _flip(regions)
+    image = _photometric(image, rng)
+    return image, kept_boxes, regions, keep
+
+
+def _flip(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    pixels = image.astype(np.float32)
+    gray = pixels.mean(axis=2, keepdims=True)
+    saturation = rng.uniform(1 - PHOTOMETRIC["saturation"], 1 + PHOTOMETRIC["saturation"])
+    pixels = gray + (pixels - gray) * saturation
+    contrast = rng.uniform(1 - PHOTOMETRIC["contrast"], 1 + PHOTOMETRIC["contrast"])
+    brightness = rng.uniform(-PHOTOMETRIC["brightness"], PHOTOMETRIC["brightness"])
+    pixels = (pixels - gray.mean()) * contrast + gray.mean() + brightness
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _anchor_corners(spec: AnchorSpec) -> np.ndarray:
+    yc, xc, h, w = generate_anchors(spec).astype(np.float64).T
+    return np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
+
+
+def example_targets(
+    boxes: np.ndarray,
+    weights: np.ndarray,
+    ignore: np.ndarray,
+    background: bool,
+    spec: AnchorSpec = DEFAULT_ANCHORS,
+    *,
+    negative_iou: float = 0.4,
+) -> np.ndarray:
+    """Targets ``(num_anchors, 6)`` of one example (boxes normalized to the input).
+
+    :func:`models.box_coding.encode_targets`, then background anchors overlapping an
+    ignored region by ``negative_iou`` or more, and all of them when ``background`` is
+    false, are marked ignored (label -1).
+    """
+    targets = encode_targets(boxes, spec, weights=weights, negative_iou=negative_iou)
+    negative = targets[:, 4] == 0.0
+    if not background:
+        targets[negative, 4] = -1.0
+    elif len(ignore):
+        near = iou_matrix(_anchor_corners(spec), np.asarray(ignore, np.float64)).max(axis=1)
+        targets[negative & (near >= negative_iou), 4] = -1.0
+    return targets
+
+
+class StoreBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Batches ``(normalized images, targets)`` read from the store's JPEGs on demand.
+
+    Only the current batch's frames are in memory. Batch ``i`` of epoch ``e`` depends only
+    on ``(seed, e, i)`` (order and augmentation), so training is reproducible whatever
+    order Keras asks for batches in. Pass ``shuffle=False`` to ``fit``: the order is ours.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[DetectorExample],
+        spec: AnchorSpec = DEFAULT_ANCHORS,
+        *,
+        batch_size: int = 8,
+        augmentation: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not examples:
+            raise ValueError("no training examples to batch")
+        self.examples = list(examples)
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.augmentation = augmentation
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        spec = self.spec
+        images = np.empty((len(chosen), spec.input_height, spec.input_width, 3), np.uint8)
+        targets = np.empty((len(chosen), spec.num_anchors, TARGET_COLUMNS), np.float32)
+        for row, i in enumerate(chosen):
+            example = self.examples[i]
+            frame = _read(example)
+            if self.augmentation:
+                images[row], boxes, ignore, keep = augment(
+                    frame, example.boxes, example.ignore, rng, spec
+                )
+                weights = example.weights[keep]
+            else:
+                images[row] = frame_to_input(frame, spec)
+                size = np.array([example.width, example.height] * 2, np.float32)
+                boxes, ignore, weights = (
+                    example.boxes / size,
+                    example.ignore / size,
+                    example.weights,
+                )
+            targets[row] = example_targets(boxes, weights, ignore, example.background, spec)
+        return normalize_input(images), targets
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1

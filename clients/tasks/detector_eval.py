@@ -1,0 +1,158 @@
+"""mAP@0.5 of the person detector on a node's held-out frames, float and int8.
+
+The float Keras model is decoded with the shared box coding
+(:func:`models.box_coding.decode_boxes`) and suppressed with TensorFlow's
+``tf.image.non_max_suppression`` at the export's post-processing settings (score floor
+0.05, IoU 0.5, 50 boxes), so its boxes are comparable with those of the exported model,
+which runs in LiteRT through ``clients.detector.Detector``. The average precision is
+pycocotools' ``COCOeval`` (``stats[1]``: AP at IoU 0.5, all areas, 100 detections);
+ground truth is the cloud label's boxes, and its boxes below the label score floor are
+``iscrowd`` regions (a detection on them counts neither way). Frames never leave the
+node: only the resulting numbers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clients.tasks.detector_data import DetectorExample, load_input
+from models.box_coding import DEFAULT_ANCHORS, AnchorSpec, decode_boxes, generate_anchors
+from models.person_detector import normalize_input
+
+__all__ = [
+    "MAX_DETECTIONS",
+    "NMS_IOU",
+    "SCORE_FLOOR",
+    "FrameDetections",
+    "map50",
+    "predict_float",
+    "predict_with",
+]
+
+SCORE_FLOOR = 0.05
+NMS_IOU = 0.5
+MAX_DETECTIONS = 50
+_PERSON_CATEGORY = 1
+
+
+@dataclass(frozen=True)
+class FrameDetections:
+    """One frame's detections: ``boxes`` ``(K, 4)`` ``xyxy`` frame pixels and ``scores``."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+def predict_float(
+    model: object,
+    examples: Sequence[DetectorExample],
+    spec: AnchorSpec = DEFAULT_ANCHORS,
+    *,
+    batch_size: int = 8,
+) -> list[FrameDetections]:
+    """Run the Keras detector (inference mode) on each example's frame."""
+    import tensorflow as tf
+
+    anchors = generate_anchors(spec)
+    results: list[FrameDetections] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images = np.stack([load_input(e, spec) for e in chunk])
+        encodings, logits = model(normalize_input(images), training=False)  # type: ignore[operator]
+        scores = tf.sigmoid(logits[..., 0]).numpy()
+        boxes = decode_boxes(np.asarray(encodings), anchors)
+        for example, frame_boxes, frame_scores in zip(chunk, boxes, scores, strict=True):
+            keep = tf.image.non_max_suppression(
+                frame_boxes[:, [1, 0, 3, 2]],
+                frame_scores,
+                max_output_size=MAX_DETECTIONS,
+                iou_threshold=NMS_IOU,
+                score_threshold=SCORE_FLOOR,
+            ).numpy()
+            size = np.array([example.width, example.height] * 2, np.float32)
+            kept = np.clip(frame_boxes[keep], 0.0, 1.0) * size
+            results.append(FrameDetections(kept.astype(np.float32), frame_scores[keep]))
+    return results
+
+
+def predict_with(
+    detect: Callable[[np.ndarray], Sequence[object]], examples: Sequence[DetectorExample]
+) -> list[FrameDetections]:
+    """Run ``detect`` (e.g. ``clients.detector.Detector.detect``) on each example's frame.
+
+    ``detect`` takes a BGR frame and returns :class:`fedge.core.records.Detection` s.
+    """
+    import cv2
+
+    results = []
+    for example in examples:
+        frame = cv2.imread(str(example.path), cv2.IMREAD_COLOR)
+        found = [d for d in detect(frame) if getattr(d, "label", "person") == "person"]
+        boxes = np.asarray([d.box for d in found], np.float32).reshape(-1, 4)  # type: ignore[attr-defined]
+        scores = np.asarray([d.score for d in found], np.float32)  # type: ignore[attr-defined]
+        results.append(FrameDetections(boxes, scores))
+    return results
+
+
+def _annotation(ann_id: int, image_id: int, box: np.ndarray, crowd: int) -> dict[str, object]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": _PERSON_CATEGORY,
+        "bbox": [x1, y1, w, h],
+        "area": w * h,
+        "iscrowd": crowd,
+    }
+
+
+def map50(examples: Sequence[DetectorExample], detections: Sequence[FrameDetections]) -> float:
+    """pycocotools' AP at IoU 0.5 of ``detections`` against the examples' boxes.
+
+    Returns ``nan`` when the examples hold no person box (AP is undefined) and 0.0 when
+    there are people but no detections.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(examples) != len(detections):
+        raise ValueError(f"{len(examples)} frames but {len(detections)} detection lists")
+    images, annotations, results = [], [], []
+    for image_id, (example, found) in enumerate(zip(examples, detections, strict=True), 1):
+        images.append({"id": image_id, "width": example.width, "height": example.height})
+        for crowd, boxes in ((0, example.boxes), (1, example.ignore)):
+            for box in boxes:
+                annotations.append(_annotation(len(annotations) + 1, image_id, box, crowd))
+        for box, score in zip(found.boxes, found.scores, strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": _PERSON_CATEGORY,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+    if not any(a["iscrowd"] == 0 for a in annotations):
+        return float("nan")
+    if not results:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth = COCO()
+        truth.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": _PERSON_CATEGORY, "name": "person"}],
+        }
+        truth.createIndex()
+        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return max(float(evaluation.stats[1]), 0.0)
