@@ -204,8 +204,12 @@ def make_artifact(
 
     ``created`` defaults to now (UTC).
     """
+    from export.tflite_export import QUANTIZATIONS
+
     if version < 0:
         raise ModelError(f"artifact version {version} must be 0 or more (the round)")
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     details = _interpreter(model).get_input_details()
     if len(details) != 1:
         raise ModelError(f"the model has {len(details)} inputs; a detector takes one image")

@@ -126,15 +126,43 @@ def _bn(name: str) -> Any:
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3, name=name)
 
 
-def _inverted_residual(x: Any, expansion: int, filters: int, stride: int, name: str) -> Any:
+class _Initializers:
+    """Glorot-uniform initializers seeded ``seed``, ``seed + 1``, ... (no global seeding)."""
+
+    def __init__(self, seed: int) -> None:
+        self._next = seed
+
+    def __call__(self) -> keras.initializers.Initializer:
+        self._next += 1
+        return keras.initializers.GlorotUniform(seed=self._next - 1)
+
+
+def _inverted_residual(
+    x: Any, expansion: int, filters: int, stride: int, name: str, init: _Initializers
+) -> Any:
     channels = x.shape[-1]
     h = x
     if expansion != 1:
-        h = layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{name}_expand")(h)
+        h = layers.Conv2D(
+            channels * expansion,
+            1,
+            use_bias=False,
+            kernel_initializer=init(),
+            name=f"{name}_expand",
+        )(h)
         h = layers.ReLU(6.0, name=f"{name}_expand_relu")(_bn(f"{name}_expand_bn")(h))
-    h = layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(h)
+    h = layers.DepthwiseConv2D(
+        3,
+        stride,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=init(),
+        name=f"{name}_dw",
+    )(h)
     h = layers.ReLU(6.0, name=f"{name}_dw_relu")(_bn(f"{name}_dw_bn")(h))
-    h = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(h)
+    h = layers.Conv2D(
+        filters, 1, use_bias=False, kernel_initializer=init(), name=f"{name}_project"
+    )(h)
     h = _bn(f"{name}_project_bn")(h)
     if stride == 1 and channels == filters:
         h = layers.Add(name=f"{name}_add")([x, h])
@@ -149,21 +177,26 @@ def build_person_detector(spec: AnchorSpec = DEFAULT_ANCHORS, seed: int = 0) -> 
     """
     if tuple(level.stride for level in spec.levels) != (8, 16, 32):
         raise ValueError("the person detector has feature levels at strides 8, 16 and 32")
-    keras.utils.set_random_seed(seed)
+    init = _Initializers(seed)
     inputs = keras.Input((spec.input_height, spec.input_width, 3), name="image")
-    x = layers.Conv2D(16, 3, 2, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.Conv2D(
+        16, 3, 2, padding="same", use_bias=False, kernel_initializer=init(), name="stem"
+    )(inputs)
     x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
     features = []
     for s, (expansion, filters, repeats, stride) in enumerate(_STAGES):
         for r in range(repeats):
-            x = _inverted_residual(x, expansion, filters, stride if r == 0 else 1, f"b{s}_{r}")
+            first = stride if r == 0 else 1
+            x = _inverted_residual(x, expansion, filters, first, f"b{s}_{r}", init)
         if s in _LEVEL_STAGES:
             features.append(x)
     # Feature pyramid: top-down sums of 1x1 laterals.
     pyramid: list[Any] = []
     top = None
     for k in reversed(range(len(features))):
-        lateral = layers.Conv2D(_FPN_CHANNELS, 1, name=f"fpn{k}_lateral")(features[k])
+        lateral = layers.Conv2D(
+            _FPN_CHANNELS, 1, kernel_initializer=init(), name=f"fpn{k}_lateral"
+        )(features[k])
         if top is not None:
             up = layers.UpSampling2D(2, interpolation="nearest", name=f"fpn{k}_up")(top)
             lateral = layers.Add(name=f"fpn{k}_sum")([lateral, up])
@@ -173,14 +206,19 @@ def build_person_detector(spec: AnchorSpec = DEFAULT_ANCHORS, seed: int = 0) -> 
     boxes, logits = [], []
     for k, (level, p) in enumerate(zip(spec.levels, pyramid, strict=True)):
         anchors = spec.anchors_per_cell(level)
-        h = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"head{k}_dw")(p)
+        h = layers.DepthwiseConv2D(
+            3, padding="same", use_bias=False, depthwise_initializer=init(), name=f"head{k}_dw"
+        )(p)
         h = layers.ReLU(6.0, name=f"head{k}_dw_relu")(_bn(f"head{k}_dw_bn")(h))
-        h = layers.Conv2D(_FPN_CHANNELS, 1, use_bias=False, name=f"head{k}_pw")(h)
+        h = layers.Conv2D(
+            _FPN_CHANNELS, 1, use_bias=False, kernel_initializer=init(), name=f"head{k}_pw"
+        )(h)
         h = layers.ReLU(6.0, name=f"head{k}_pw_relu")(_bn(f"head{k}_pw_bn")(h))
-        box = layers.Conv2D(anchors * 4, 1, name=f"head{k}_box")(h)
+        box = layers.Conv2D(anchors * 4, 1, kernel_initializer=init(), name=f"head{k}_box")(h)
         logit = layers.Conv2D(
             anchors,
             1,
+            kernel_initializer=init(),
             bias_initializer=keras.initializers.Constant(prior_bias),
             name=f"head{k}_logit",
         )(h)
@@ -358,19 +396,23 @@ def recompute_batchnorm_statistics(
     The ``k``-th batch (from 0) is folded in with momentum ``k / (k + 1)``, which makes
     the moving value the plain mean of the batch values.
     """
-    layers = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    if not layers or len(images) == 0:
+    norms = [layer for layer in _all_layers(model) if isinstance(layer, layers.BatchNormalization)]
+    if not norms or len(images) == 0:
         return
-    momenta = [layer.momentum for layer in layers]
+    momenta = [layer.momentum for layer in norms]
     try:
         for k, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:
+            for layer in norms:
                 layer.momentum = k / (k + 1)
             model(normalize_input(images[start : start + batch_size]), training=True)
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
+        for layer, momentum in zip(norms, momenta, strict=True):
             layer.momentum = momentum
+
+
+def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """``layer`` and every layer nested in it (models inside models included)."""
+    found = [layer]
+    for inner in getattr(layer, "layers", ()):
+        found += _all_layers(inner)
+    return found

@@ -238,3 +238,13 @@ def test_short_training_lowers_the_loss_and_finds_people_after_the_batchnorm_fix
     people = sum(len(trained["labels"][i]) for i in LATER_FRAMES)
     assert matched >= 0.3 * people, (matched, people, total)
     assert matched >= 0.3 * total, (matched, people, total)
+
+
+def test_the_same_seed_builds_the_same_weights_without_touching_global_seeds() -> None:
+    from models.person_detector import build_person_detector
+
+    state = np.random.get_state()[1].copy()
+    first, again, other = (build_person_detector(seed=s).get_weights() for s in (3, 3, 4))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    assert np.array_equal(np.random.get_state()[1], state)
