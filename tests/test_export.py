@@ -286,3 +286,13 @@ def test_partner_gaps_and_matching_pair_boxes_of_the_same_person() -> None:
     assert agreement.pairs == ((0, 0, 0),)
     assert [round(d, 2) for d in agreement.score_diffs] == [0.6]
     assert [(f, i) for f, i, _ in agreement.unmatched_a] == [(0, 1), (1, 0)]
+
+
+def test_training_input_is_sampled_exactly_as_the_node_detector_samples_a_frame() -> None:
+    # models/ may not import clients/, so frame_to_input repeats the Detector's sampling.
+    from clients.inference.image_tensor import RotatedRect, crop_to_tensor
+    from models.person_detector import frame_to_input
+
+    frame = read_clip_frames((CHECK_FRAMES[0],))[CHECK_FRAMES[0]]
+    node = crop_to_tensor(frame, RotatedRect.full_frame(640, 480), 384, 288, "zero")
+    assert np.array_equal(frame_to_input(frame), cv2.cvtColor(node, cv2.COLOR_BGR2RGB))
