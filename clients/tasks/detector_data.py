@@ -200,7 +200,7 @@ def list_examples(store_dir: str | os.PathLike[str], rules: ExampleRules) -> Nod
                 example = _cloud_example(frame, rules)
             except LabelError as err:
                 unreadable += 1
-                log.warning("frame %d: label skipped (%s)", frame.id, err)
+                log.debug("frame %d: label skipped (%s)", frame.id, err)
                 example = None
             if is_held_out(frame.id, rules.held_out_share):
                 if example is not None:

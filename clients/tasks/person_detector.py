@@ -26,8 +26,9 @@ Batch-norm statistics across sites
 ----------------------------------
 FedAvg averages the sites' running means and variances along with the weights, but the
 averaged statistics do not describe what the averaged weights compute (measured on the
-sample clip, 2 sites, after 2 rounds: mAP 0.001-0.006 with the averaged statistics,
-0.40-0.52 once re-estimated). So whoever runs the global model first re-estimates them
+sample clip, 2 sites of 30 HOG-labelled frames, 6 local epochs at Adam 0.01, after 2
+rounds: held-out mAP@0.5 0.001-0.006 with the averaged statistics, 0.40-0.52 once
+re-estimated). So whoever runs the global model first re-estimates them
 on frames it may use, unlabelled: the node on its own training frames before measuring
 mAP, the server on its calibration frames before exporting.
 
@@ -46,9 +47,10 @@ Server side
 No central evaluation (the cloud holds no site's frames). After each round
 :meth:`PersonDetectorTask.export` writes the global model as a versioned artifact
 (``export.artifact``; ``detector-export``: int8, float16, float32 or none) into the run
-directory's ``models/``; int8 calibrates on ``detector-calibration-dir`` (frames the
-operator kept, e.g. uploads in ``frames``/``crops`` mode) or, when empty, on the sample
-clip fedge ships, so no site's pixel is needed.
+directory's ``models/``. Its batch-norm statistics are re-estimated, and int8 is
+calibrated, on up to :data:`CALIBRATION_FRAMES` frames of ``detector-calibration-dir``
+(frames the operator kept, e.g. uploads in ``frames``/``crops`` mode) or, when that is
+empty, of the sample clip fedge ships, so no site's pixel is needed.
 """
 
 from __future__ import annotations
@@ -242,7 +244,10 @@ def int8_due(cfg: RunConfig, server_round: int) -> bool:
 def _examples(cfg: RunConfig, node: NodeSetup) -> NodeExamples:
     examples = list_examples(node.config[STORE_DIR_KEY], _rules(cfg))
     if examples.unreadable_labels:
-        log.warning("%d labels of an unknown schema were skipped", examples.unreadable_labels)
+        log.warning(
+            "%d frame labels could not be read (unknown schema) and were skipped",
+            examples.unreadable_labels,
+        )
     return examples
 
 
