@@ -134,3 +134,16 @@ def test_the_person_detector_has_no_central_evaluation_and_fashion_mnist_no_expo
     assert detector.central_evaluation(RunConfig(task="person-detector")) is None
     exported = get_task("fashion-mnist").export(RunConfig(), 1, [], tmp_path)
     assert exported == {} and list(tmp_path.iterdir()) == []
+
+
+def test_detector_measurement_and_export_keys_do_not_change_what_a_run_trains() -> None:
+    base = RunConfig(task="person-detector")
+    same = RunConfig(
+        task="person-detector",
+        detector_export="none",
+        detector_int8_eval_every=0,
+        detector_calibration_dir="/srv/kept",
+    )
+    assert same.training_hash() == base.training_hash()  # a run may resume with them changed
+    other = RunConfig(task="person-detector", detector_learning_rate=0.01)
+    assert other.training_hash() != base.training_hash()

@@ -71,9 +71,11 @@ DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-a
 
 # Run-config keys that do not change what a run trains: paths, resuming, how long it
 # runs, and how many CPU threads it uses (threads change only the floating-point
-# summation order, so a bit-identical resume needs the same count; the protocol is the same).
+# summation order, so a bit-identical resume needs the same count; the protocol is the same),
+# and what the person detector's nodes measure and its server exports.
 NON_TRAINING_KEYS = frozenset(
     {"output-dir", "run-name", "resume", "stop-after-round", "num-server-rounds", "cpu-threads"}
+    | {"detector-int8-eval-every", "detector-export", "detector-calibration-dir"}
 )
 
 
