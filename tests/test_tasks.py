@@ -72,7 +72,7 @@ def test_detector_knobs_are_validated_for_every_task() -> None:
 
 def test_person_detector_node_without_store_dir_is_told_how_to_start() -> None:
     cfg = RunConfig(task="person-detector")
-    with pytest.raises(ConfigError, match='--node-config "store-dir='):
+    with pytest.raises(ConfigError, match="""--node-config 'store-dir="/var/lib/fedge/store"'"""):
         get_task("person-detector").node_setup(cfg, {"partition-id": 0})
 
 

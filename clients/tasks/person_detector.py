@@ -275,7 +275,7 @@ class PersonDetectorTask:
         if STORE_DIR_KEY not in node_config or not str(node_config[STORE_DIR_KEY]):
             raise ConfigError(
                 "node config lacks 'store-dir'; start the SuperNode with "
-                '--node-config "store-dir=/var/lib/fedge/store" (the edge agent\'s --store-dir)'
+                "--node-config 'store-dir=\"/var/lib/fedge/store\"' (the edge agent's --store-dir)"
             )
         partition = node_config.get("partition-id")
         count = cfg.num_partitions or node_config.get("num-partitions")
