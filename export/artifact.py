@@ -351,13 +351,19 @@ def verify_artifact(
         values = [np.asarray(interpreter.get_tensor(o["index"])) for o in outputs]
     except (ValueError, RuntimeError) as err:
         raise ModelError(f"smoke inference failed ({err}); keep the current model") from None
-    counts = [v for v in values if v.size == 1]
-    bad = not all(np.all(np.isfinite(v.astype(np.float64))) for v in values)
-    if (
-        bad
-        or len(counts) != 1
-        or not 0 <= float(counts[0].ravel()[0]) <= manifest.detector.max_detections
-    ):
+    # TFLite_Detection_PostProcess: boxes [1, N, 4], classes and scores [1, N], count [1]
+    # (told apart by rank: LiteRT lists them in no fixed order). Only the first ``count``
+    # slots are written; the rest is whatever the arena held, so only those are checked.
+    by_rank = sorted(values, key=lambda v: v.ndim)
+    ranks = [v.ndim for v in by_rank]
+    ok = ranks == [1, 2, 2, 3] and by_rank[0].size == 1
+    count = float(by_rank[0].ravel()[0]) if ok else float("nan")
+    ok = ok and np.isfinite(count) and 0 <= count <= manifest.detector.max_detections
+    if ok:
+        n = int(count)
+        written = [v.reshape(v.shape[1], -1)[:n] for v in by_rank[1:]]
+        ok = all(np.all(np.isfinite(v.astype(np.float64))) for v in written)
+    if not ok:
         raise ModelError(
             "smoke inference gave non-finite outputs or an impossible detection count; "
             "keep the current model"
