@@ -129,6 +129,56 @@ def _uplink() -> str:
     )
 
 
+def _detector() -> str:
+    rows = _rows("detector.csv")
+
+    def v(section: str, metric: str, item: str | None = None) -> float:
+        for r in rows:
+            if r["section"] == section and r["metric"] == metric and item in (None, r["item"]):
+                return float(r["value"])
+        raise SystemExit(f"detector.csv: no {section}/{metric}; rerun benchmarks/detector.py")
+
+    def verdict(section: str, metric: str) -> str:
+        met = next(r["met"] for r in rows if r["section"] == section and r["metric"] == metric)
+        return "met" if met == "true" else "not met"
+
+    students = [
+        (int(r["item"].rsplit(" ", 1)[1]), float(r["value"]))
+        for r in rows
+        if r["section"] == "persons" and r["item"].startswith("student int8 after round")
+    ]
+    rounds = max(n for n, _ in students)
+    found = ", ".join(f"{p:.2f} after round {n}" for n, p in sorted(students))
+    busy = re.search(r"other processes used (\d+)% of the CPU", _header("detector.md"))
+    load = f"with other processes using {busy.group(1)}% of the CPU" if busy else "idle"
+    speeds = [float(r["value"]) for r in rows if r["metric"] == "frames/s per client (median)"]
+    return (
+        f"- federated person detector on the sample clip, 2 sites, {rounds} FedAvg rounds "
+        f"(`detector.md`): int8 is {v('export', 'size ratio'):.2f} of float32's file size "
+        f"(goal ≤ 0.3, {verdict('export', 'size ratio')}) and takes "
+        f"{v('export', 'latency ratio'):.2f} of its LiteRT latency (goal ≤ 0.6, "
+        f"{verdict('export', 'latency ratio')}); held-out mAP@0.5 float "
+        f"{v('export', 'mAP@0.5 held-out', 'float32'):.3f}, int8 "
+        f"{v('export', 'mAP@0.5 held-out', 'int8'):.3f} (drop "
+        f"{v('export', 'mAP@0.5 drop (points)'):.1f} points, goal ≤ 1, "
+        f"{verdict('export', 'mAP@0.5 drop (points)')}); persons per held-out frame: BlazePose "
+        f"{v('persons', 'persons per frame', 'BlazePose alone'):.2f}, the int8 student {found}, "
+        f"the HOG teacher {v('persons', 'persons per frame', 'cloud teacher (HOG)'):.2f}; the "
+        f"student's recall {100 * v('student vs teacher', 'recall'):.0f}% at precision "
+        f"{100 * v('student vs teacher', 'precision'):.0f}% against the teacher (goal ≥ 90% at "
+        f"≥ 90%, {verdict('student vs teacher', 'recall')} / "
+        f"{verdict('student vs teacher', 'precision')}); "
+        f"{100 * v('upload', 'hard-case share'):.0f}% of held-out frames are hard cases to "
+        f"upload (goal ≤ 5%, {verdict('upload', 'hard-case share')}); the edge pipeline with "
+        f"the int8 student and top-down pose for up to 4 people runs at "
+        f"{v('edge', 'FPS 640x480'):.1f} FPS at 640×480 (goal ≥ 15, "
+        f"{verdict('edge', 'FPS 640x480')}) {load}; local training "
+        f"{min(speeds):.1f}-{max(speeds):.1f} frames/s per client; a training node peaks at "
+        f"{v('training node', 'peak RSS MB'):.0f} MB RSS (goal < 1536 MB, "
+        f"{verdict('training node', 'peak RSS MB')});"
+    )
+
+
 def _compression() -> str:
     rows = {r["variant"]: r for r in _rows("compression_sweep_full.csv")}
 
@@ -172,7 +222,7 @@ def _niid() -> str:
 
 def figures_block() -> str:
     """The generated Markdown block, markers included."""
-    lines = [_fedavg(), _train_speed(), _edge(), _uplink(), _compression(), _niid()]
+    lines = [_fedavg(), _train_speed(), _edge(), _uplink(), _detector(), _compression(), _niid()]
     return "\n".join([BEGIN, *lines, END])
 
 
