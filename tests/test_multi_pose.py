@@ -352,6 +352,8 @@ def _person_ssd_bytes() -> bytes:
     people of frame 0 at ``FRAME0_PEOPLE`` with ``FRAME0_SCORES`` on any frame."""
     import tensorflow as tf
 
+    from export.tflite_export import PostProcessOptions, postprocess_signature
+
     width, height = 640.0, 480.0
     anchors = np.array(  # yc, xc, h, w normalized: box encodings 0 decode to the anchors
         [
@@ -361,16 +363,10 @@ def _person_ssd_bytes() -> bytes:
         dtype=np.float32,
     )
     count = len(FRAME0_PEOPLE)
-    attrs = {"max_detections": count, "max_classes_per_detection": 1}
-    attrs |= {"detections_per_class": count, "num_classes": 1}
-    floats = {"nms_score_threshold": 0.1, "nms_iou_threshold": 0.5}
-    floats |= {"y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0}
-    signature = ['name: "TFLite_Detection_PostProcess"']
-    signature += [f'attr {{ key: "{k}" value {{ i: {v} }} }}' for k, v in attrs.items()]
-    signature += [f'attr {{ key: "{k}" value {{ f: {v} }} }}' for k, v in floats.items()]
-    signature += ['attr { key: "use_regular_nms" value { b: false } }']
+    options = PostProcessOptions(max_detections=count, score_threshold=0.1, iou_threshold=0.5)
+    signature = postprocess_signature(options=options)
 
-    @tf.function(experimental_implements=" ".join(signature))
+    @tf.function(experimental_implements=signature)
     def postprocess(box_encodings: Any, class_predictions: Any, anchor_boxes: Any) -> Any:
         # Placeholder body: the converter replaces the call with the TFLite custom op.
         zero = tf.constant(0.0, dtype=tf.float32)

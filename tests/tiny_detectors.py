@@ -27,6 +27,8 @@ def tiny_person_ssd(
     faint one (``FAINT_SCORE``) in the top-left corner."""
     import tensorflow as tf
 
+    from export.tflite_export import PostProcessOptions, postprocess_signature
+
     x1, y1, x2, y2 = box
     # A second, faint box in a corner fills the op's second output slot: with one slot
     # the count is not the only one-element output, and a slot left empty holds whatever
@@ -35,16 +37,10 @@ def tiny_person_ssd(
         [[(y1 + y2) / 2, (x1 + x2) / 2, y2 - y1, x2 - x1], [0.02, 0.02, 0.02, 0.02]],
         dtype=np.float32,
     )
-    ints = {"max_detections": 2, "max_classes_per_detection": 1}
-    ints |= {"detections_per_class": 2, "num_classes": 1}
-    floats = {"nms_score_threshold": 0.1, "nms_iou_threshold": 0.5}
-    floats |= {"y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0}
-    signature = ['name: "TFLite_Detection_PostProcess"']
-    signature += [f'attr {{ key: "{k}" value {{ i: {v} }} }}' for k, v in ints.items()]
-    signature += [f'attr {{ key: "{k}" value {{ f: {v} }} }}' for k, v in floats.items()]
-    signature += ['attr { key: "use_regular_nms" value { b: false } }']
+    options = PostProcessOptions(max_detections=2, score_threshold=0.1, iou_threshold=0.5)
+    signature = postprocess_signature(options=options)
 
-    @tf.function(experimental_implements=" ".join(signature))
+    @tf.function(experimental_implements=signature)
     def postprocess(box_encodings: Any, class_predictions: Any, anchor_boxes: Any) -> Any:
         # Placeholder body: the converter replaces the call with the TFLite custom op.
         zero = tf.constant(0.0, dtype=tf.float32)
