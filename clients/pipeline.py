@@ -211,7 +211,9 @@ class Pipeline:
     ``PipelineOutput`` per frame, in capture order; an exception in any stage stops
     the pipeline and is raised from the iteration. At most ``2 * workers + queue_size``
     frames are in flight at once; the live FPS and latencies average the last
-    ``window`` frames. Each record carries ``model_version`` (the version of the pose
+    ``window`` frames. With ``frame_clock`` the selector's rate limit and duplicate window
+    run on the frames' own times (a recording processed faster than real time is limited
+    per minute of video, not of processing). Each record carries ``model_version`` (the version of the pose
     models' person detector); :meth:`swap_pose` hot-swaps the pose models between frames.
     """
 
@@ -227,8 +229,10 @@ class Pipeline:
         queue_size: int = 2,
         window: int = 30,
         model_version: str = "",
+        frame_clock: bool = False,
     ) -> None:
         self.capture = capture
+        self.frame_clock = frame_clock
         self.poses: list[PoseModel] = _replicas(pose)
         self._pose_set = _PoseSet(tuple(self.poses), model_version)
         self.detectors: list[DetectorModel] = _replicas(detector)
@@ -363,7 +367,10 @@ class Pipeline:
         result = work.result
         if self.selector is not None:
             # the rate limit runs on the selector's clock, not on the frame's wall-clock time
-            decision = self.selector.decide(work.frame.image, result.persons, result.detections)
+            now = work.frame.time if self.frame_clock else None
+            decision = self.selector.decide(
+                work.frame.image, result.persons, result.detections, now=now
+            )
             result.hard = decision.hard
             result.hard_reasons = decision.record_reasons()
         if self.store is not None:
