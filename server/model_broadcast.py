@@ -25,6 +25,7 @@ from clients.model_updates import (
     artifact_record,
 )
 from export.artifact import DEFAULT_NAME, ModelArtifact, artifact_paths, read_artifact
+from server.grid_exchange import send_and_receive
 from server.wire import messages_bytes
 
 __all__ = [
@@ -94,7 +95,7 @@ def broadcast_model(
     ]
     outcome.bytes_sent = messages_bytes(messages)
     answered: set[int] = set()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in send_and_receive(grid, messages, timeout=timeout):
         node = int(reply.metadata.src_node_id)
         answered.add(node)
         record = (

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.grid_exchange import send_and_receive
 from server.wire import messages_bytes
 from strategies.compression import UpdateDecodeError, decode_update_record, is_encoded_update
 from strategies.non_finite import split_non_finite
@@ -112,7 +113,7 @@ def _exchange(
     grid: Grid, messages: list[Message], timeout: float
 ) -> tuple[list[Message], int, int]:
     sent = messages_bytes(messages)
-    replies = sorted(grid.send_and_receive(messages, timeout=timeout), key=_sort_key)
+    replies = sorted(send_and_receive(grid, messages, timeout=timeout), key=_sort_key)
     return replies, sent, messages_bytes(replies)
 
 
