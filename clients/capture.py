@@ -8,7 +8,9 @@ unless ``realtime=True`` paces them at their native frame rate like a camera.
 
 A live source (camera, URL) that stops delivering frames is reopened with exponential
 backoff; a file or folder ends cleanly at its end. Frames that cannot be decoded are
-skipped and counted. A source that cannot be opened raises ``CaptureError``.
+skipped and counted. A source that cannot be opened raises ``CaptureError``. With
+``loop=True`` a file or folder starts again at its first frame when it ends (frame indices
+keep increasing), for a recording that stands in for a camera.
 
 Example::
 
@@ -32,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedge.core.errors import CaptureError
+from fedge.core.errors import CaptureError, ConfigError
 
 __all__ = [
     "Capture",
@@ -112,7 +114,8 @@ class CaptureConfig:
     ``folder_fps`` or their native rate. Reconnection waits ``reconnect_initial_s``,
     doubling up to ``reconnect_max_s``; ``max_reconnects`` (``None`` = forever) bounds the
     attempts in a row before the capture gives up with an error. ``max_frames`` ends the
-    source after that many frames (0: no limit).
+    source after that many frames (0: no limit). ``loop`` starts a file or folder again
+    at its first frame when it ends, indices counting on (a live source never loops).
     """
 
     size: tuple[int, int] | None = None
@@ -124,6 +127,7 @@ class CaptureConfig:
     reconnect_max_s: float = 8.0
     max_reconnects: int | None = None
     max_frames: int = 0
+    loop: bool = False
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
 
@@ -188,6 +192,7 @@ class _VideoReader:
             raise CaptureError(_open_failure_message(self.source, self.kind))
         self._cap = cap
         self._failures = 0
+        self._decoded = 0
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
 
     def read(self) -> tuple[_ReadStatus, np.ndarray | None]:
@@ -292,6 +297,11 @@ class Capture:
         self.source = str(source)
         self.kind = classify_source(source)
         self.config = config or CaptureConfig()
+        if self.config.loop and self.kind.live:
+            raise ConfigError(
+                f"cannot loop {self.kind.value} {self.source}: only a file or a folder "
+                "starts again at its end (drop --loop)"
+            )
         self.stats = CaptureStats()
         self._reader: _VideoReader | _FolderReader = (
             _FolderReader(self.source, self.config)
@@ -372,12 +382,18 @@ class Capture:
         period = 1.0 / self.fps if self.config.realtime and self.fps > 0 else 0.0
         next_due = time.monotonic()
         index = 0
+        pass_start = 0  # the index of the first frame of this pass over the source
         while not self._stop.is_set():
             started = time.perf_counter()
             status, image = self._reader.read()
             if status == "end":
                 self.stats.corrupt += self._reader.frames_missing()
-                return
+                if not self.config.loop or index == pass_start:  # a pass without a frame
+                    return
+                self._reader.close()
+                self._reader.open()
+                pass_start = index
+                continue
             if status == "lost":
                 self._reconnect()
                 continue

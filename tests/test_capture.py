@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from clients.capture import Capture, CaptureConfig, SourceKind, classify_source
-from fedge.core.errors import CaptureError
+from fedge.core.errors import CaptureError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
@@ -63,6 +63,43 @@ def test_sample_clip_reads_every_frame_resized() -> None:
 def test_max_frames_ends_the_source_early() -> None:
     capture = Capture(CLIP, CaptureConfig(max_frames=7))
     assert _drain(capture) == 7 == capture.stats.read
+
+
+def test_loop_starts_a_folder_again_with_indices_counting_on(jpeg_dir: Path) -> None:
+    capture = Capture(jpeg_dir, CaptureConfig(loop=True, max_frames=30))
+    with capture:
+        frames = list(capture)
+
+    assert [f.index for f in frames] == list(range(30))
+    assert capture.stats.read == 30 and capture.stats.error is None
+    for frame in frames[12:]:  # 12 images: frame 12 is image 0 again, and so on
+        np.testing.assert_array_equal(frame.image, frames[frame.index % 12].image)
+
+
+def test_loop_starts_a_video_file_again_at_its_first_frame() -> None:
+    capture = Capture(CLIP, CaptureConfig(size=(160, 120), loop=True, max_frames=CLIP_FRAMES + 3))
+    with capture:
+        frames = list(capture)
+
+    assert [f.index for f in frames] == list(range(CLIP_FRAMES + 3))
+    assert (capture.stats.corrupt, capture.stats.error) == (0, None)
+    for k in range(3):
+        np.testing.assert_array_equal(frames[CLIP_FRAMES + k].image, frames[k].image)
+
+
+def test_loop_over_a_folder_without_one_good_image_ends(tmp_path: Path) -> None:
+    (tmp_path / "000.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "001.jpg").write_bytes(b"")
+    capture = Capture(tmp_path, CaptureConfig(loop=True))
+
+    assert _drain(capture) == 0
+    assert capture.stats.corrupt == 2
+
+
+@pytest.mark.parametrize("source", ["0", "rtsp://cam.local/stream"])
+def test_loop_is_refused_for_a_live_source(source: str) -> None:
+    with pytest.raises(ConfigError, match="only a file or a folder"):
+        Capture(source, CaptureConfig(loop=True))
 
 
 def test_missing_file_raises_one_clear_line(tmp_path: Path) -> None:

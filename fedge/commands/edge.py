@@ -68,6 +68,12 @@ def register(subparsers: Any) -> None:
         "--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: all)"
     )
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="start a file or folder again at its end, frame numbers counting on, until "
+        "stopped or --max-frames (not for a camera or stream)",
+    )
+    parser.add_argument(
         "--size",
         default="640x480",
         metavar="WxH",
@@ -191,8 +197,12 @@ def default_pose_workers() -> int:
     return max(1, min(3, usable_cores()))
 
 
-def _top_down(args: argparse.Namespace) -> bool:
-    """Whether pose runs top-down on a person detector (a file or the installed one)."""
+def _top_down(args: argparse.Namespace, follower: DetectorFollower | None = None) -> bool:
+    """Whether pose runs top-down on a person detector (a file or the installed one);
+    with ``--detector-dir`` and no version installed yet (``follower`` has none) the agent
+    starts in cold start, whole-frame pose, until the first version arrives."""
+    if follower is not None and follower.active is None:
+        return False
     return bool(args.person_model) or args.detector_dir is not None
 
 
@@ -206,7 +216,7 @@ def _load_models(
     """
     pose: list[Any] | None = None
     detector = None
-    if _top_down(args):
+    if _top_down(args, follower):
         pose = _top_down_estimators(args, min_score, follower)
     elif not args.no_pose:
         from clients.pose import create_pose_estimator
@@ -262,8 +272,20 @@ def _detector_follower(args: argparse.Namespace, min_score: float) -> DetectorFo
         load=person_detector_loader(min_score, num_threads=args.threads),
         copies=args.pose_workers or default_pose_workers(),
     )
-    follower.load_current()
+    follower.load_current(required=False)  # none yet: cold start until the first arrives
     return follower
+
+
+def _first_estimator(args: argparse.Namespace) -> Any:
+    """Builds a worker's top-down estimator around the first installed detector version."""
+    from clients.pose.top_down import TopDownPoseEstimator
+
+    def build(detector: Any) -> Any:
+        return TopDownPoseEstimator.from_cache(
+            detector, args.model_dir, num_threads=args.threads, max_persons=args.max_persons
+        )
+
+    return build
 
 
 def _detector_labels(detector: Any, person_model: bool = False) -> tuple[str, ...] | None:
@@ -306,7 +328,10 @@ def _run(args: argparse.Namespace) -> int:
     _check_person_flags(args)
     uplink = check_uplink_flags(args)
     config = CaptureConfig(
-        size=_parse_size(args.size), realtime=args.realtime, max_frames=args.max_frames
+        size=_parse_size(args.size),
+        realtime=args.realtime,
+        max_frames=args.max_frames,
+        loop=args.loop,
     )
     capture = Capture(args.source, config)
     window = WindowSink() if args.show else None  # fails fast without a display
@@ -322,8 +347,9 @@ def _run(args: argparse.Namespace) -> int:
         if not args.no_store:
             budget = int(args.store_budget_mb * 1024**2)
             store = FrameStore(args.store_dir, budget_bytes=budget)
-        labels = _detector_labels(detector, person_model=_top_down(args))
-        selector = HardCaseSelector(policy, detector_labels=labels, cold_start=not _top_down(args))
+        top_down = _top_down(args, follower)
+        labels = _detector_labels(detector, person_model=top_down)
+        selector = HardCaseSelector(policy, detector_labels=labels, cold_start=not top_down)
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
         if uplink is not None and store is not None:
@@ -350,7 +376,9 @@ def _run(args: argparse.Namespace) -> int:
     if uploader is not None:
         uploader.watch(pipeline.feed)
     if follower is not None:  # new versions go to the frames taken after they load
-        follower.on_swap = swap_into(pipeline, pose or [])
+        follower.on_swap = swap_into(
+            pipeline, pose or [], first_estimator=_first_estimator(args), selector=selector
+        )
         follower.start()
     in_main = threading.current_thread() is threading.main_thread()
     # Ctrl-C and SIGTERM stop the agent cleanly, also where SIGINT was ignored at start
