@@ -68,19 +68,40 @@ def person_detector_loader(
     return load
 
 
-def swap_into(pipeline: Any, estimators: Sequence[Any]) -> Callable[[LoadedVersion], None]:
+def swap_into(
+    pipeline: Any,
+    estimators: Sequence[Any],
+    *,
+    first_estimator: Callable[[Any], Any] | None = None,
+    selector: Any = None,
+) -> Callable[[LoadedVersion], None]:
     """An ``on_swap`` giving ``pipeline``'s pose workers their detector of each new version.
 
-    ``estimators`` are the pipeline's top-down pose models (one per worker, in order);
-    each worker keeps its landmark model and gets the new version's detector
+    ``estimators`` are the pipeline's pose models (one per worker, in order). Top-down ones
+    keep their landmark model and get the new version's detector
     (``TopDownPoseEstimator.with_person_detector``) from the next frame taken on.
+
+    An agent that started before any version was installed runs whole-frame pose in cold
+    start: ``first_estimator(detector)`` then builds each worker's top-down estimator, and
+    ``selector`` (a ``HardCaseSelector``) leaves cold start: from that frame on it selects
+    by the detector's uncertainty, its person boxes taking part in the pose/box check.
     """
+    current = list(estimators)
 
     def swap(loaded: LoadedVersion) -> None:
+        top_down = all(hasattr(e, "with_person_detector") for e in current)
+        if not top_down and first_estimator is None:
+            raise ModelError("the agent runs whole-frame pose and cannot take a person detector")
         models = [
-            e.with_person_detector(d) for e, d in zip(estimators, loaded.detectors, strict=True)
+            e.with_person_detector(d) if top_down else first_estimator(d)  # type: ignore[misc]
+            for e, d in zip(current, loaded.detectors, strict=True)
         ]
         pipeline.swap_pose(models, loaded.label)
+        current[:] = models
+        if selector is not None and selector.cold_start:
+            labels = tuple(selector.detector_labels or ())
+            selector.detector_labels = labels + (() if "person" in labels else ("person",))
+            selector.cold_start = False
 
     return swap
 
@@ -146,16 +167,21 @@ class DetectorFollower:
         active = self.active
         return active.label if active is not None else ""
 
-    def load_current(self) -> LoadedVersion:
+    def load_current(self, *, required: bool = True) -> LoadedVersion | None:
         """Load the version the pointer names now (the agent's start).
+
+        With ``required=False`` a directory with no version installed yet gives ``None``
+        (the agent starts in cold start and :meth:`poll` swaps the first version in).
 
         Raises
         ------
         ModelError
-            No version is installed, or the current one fails verification.
+            No version is installed (``required``), or the current one fails verification.
         """
         self._seen = self._stat()
         pointer = read_pointer(self.detector_dir, self.name)
+        if pointer is None and not required:
+            return None
         if pointer is None:
             raise ModelError(
                 f"no {self.name} is installed in {self.detector_dir}: the SuperNode installs "
