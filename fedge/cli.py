@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedge.commands.edge",
     "fedge.commands.compare",
     "fedge.commands.cloud",
+    "fedge.commands.demo",
 )
 """One module per subcommand, in ``fedge --help`` order; add a line to add a command."""
 

@@ -1,0 +1,175 @@
+"""``fedge demo``: the whole edge/cloud loop on one machine (``fedge.demo.runner``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fedge.core.errors import ConfigError
+
+__all__ = ["register"]
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "data" / "samples" / "vtest_clip.mp4"
+APP_DIR = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fedge demo`` to the top-level subparsers."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole loop on one machine: edge sites, fedge cloud, Flower rounds, hot swap",
+        description=(
+            "Cut a video into camera sites; each runs the edge agent, sends privacy-filtered "
+            "hard cases to fedge cloud and stores its labels; Flower rounds train the person "
+            "detector on the sites' stores; each site verifies and swaps in the int8 model. "
+            "Writes rounds.jsonl, report.md and plots."
+        ),
+    )
+    parser.add_argument(
+        "--source",
+        default=str(DEFAULT_SOURCE),
+        metavar="VIDEO|DIR",
+        help="video file or folder of images (default: the bundled clip)",
+    )
+    parser.add_argument("--sites", type=int, default=3, metavar="N", help="camera sites (3)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="R", help="Flower rounds (3)")
+    parser.add_argument(
+        "--privacy",
+        default="crops",
+        choices=("landmarks", "crops", "frames"),
+        help="what a hard case may reveal (default crops)",
+    )
+    parser.add_argument(
+        "--fusion",
+        default="mean",
+        choices=("mean", "logit", "cloud", "edge"),
+        help="confidence fusion in the cloud (default mean)",
+    )
+    parser.add_argument(
+        "--out",
+        default="demo-out",
+        metavar="DIR",
+        help="output folder, new or empty (default demo-out)",
+    )
+    parser.add_argument(
+        "--size",
+        default="640x480",
+        metavar="WxH",
+        help="frames are resized to WxH ('native' keeps them; default 640x480)",
+    )
+    parser.add_argument(
+        "--local-epochs", type=int, default=8, metavar="N", help="local epochs per Flower round (8)"
+    )
+    parser.add_argument(
+        "--hard-per-minute",
+        type=float,
+        default=30.0,
+        metavar="N",
+        help="hard cases per minute of video per site (30)",
+    )
+    parser.add_argument(
+        "--cold-start-per-minute",
+        type=float,
+        default=120.0,
+        metavar="N",
+        help="cold-start samples per minute of video per site (120)",
+    )
+    parser.add_argument(
+        "--dedup-window",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="a frame like a hard case of the last S video seconds is not sent again (2)",
+    )
+    parser.add_argument(
+        "--max-persons",
+        type=int,
+        default=4,
+        metavar="N",
+        help="landmarks for at most N people a frame (4)",
+    )
+    parser.add_argument(
+        "--cloud",
+        metavar="HOST:PORT",
+        help="use this running `fedge cloud --insecure` (default: start one on loopback)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Flower run (0)")
+    parser.add_argument("--model-dir", metavar="DIR", help="pretrained model cache")
+    parser.add_argument(
+        "--app-dir",
+        default=str(APP_DIR),
+        metavar="DIR",
+        help="the Flower App (default: this checkout)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    if text == "native":
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must be WxH or 'native', got {text!r}") from None
+    if width < 32 or height < 32:
+        raise ConfigError(f"--size must be at least 32x32, got {text}")
+    return width, height
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedge.demo.runner import DemoOptions, run_demo
+
+    options = DemoOptions(
+        source=Path(args.source),
+        out=Path(args.out),
+        sites=args.sites,
+        rounds=args.rounds,
+        privacy=args.privacy,
+        fusion=args.fusion,
+        size=_size(args.size),
+        local_epochs=args.local_epochs,
+        hard_per_minute=args.hard_per_minute,
+        cold_start_per_minute=args.cold_start_per_minute,
+        dedup_window_s=args.dedup_window,
+        max_persons=args.max_persons,
+        seed=args.seed,
+        model_dir=args.model_dir,
+        cloud=args.cloud,
+        app_dir=Path(args.app_dir),
+    )
+    console = Console(stderr=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Progress(
+            TextColumn("[bold]fedge demo"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("starting", total=1.0)
+
+            def progress(text: str, done: float) -> None:
+                if text.startswith("round ") and "mAP" in text:
+                    bar.console.print(text, markup=False)
+                bar.update(task, description=text[:70], completed=done)
+
+            result = run_demo(options, progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"wrote {result.out / 'rounds.jsonl'} and {result.out / 'report.md'}", file=sys.stdout)
+    return 0

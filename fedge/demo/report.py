@@ -1,0 +1,170 @@
+"""The demo's report: ``report.md`` with a table per round and PNG plots.
+
+Plots (``DIR/plots/``): ``map_and_hard_cases.png`` (mAP@0.5 of each site's model on its
+held-out frames, and the hard-case and upload rates, per round), ``persons.png``
+(persons found per held-out frame: BlazePose alone in round 0, then the student, beside
+the cloud teacher), ``bytes.png`` (bytes each site sent against sending every frame)
+and ``strip.png`` (an annotated frame of site 0 in round 0 and in the last round).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedge.demo.runner import DemoOptions, DemoResult
+
+__all__ = ["PLOTS", "write_report"]
+
+PLOTS = ("map_and_hard_cases.png", "persons.png", "bytes.png", "strip.png")
+
+
+def write_report(result: DemoResult, options: DemoOptions) -> Path:
+    """Write ``report.md`` and the plots into ``result.out``; return the report's path."""
+    plots = result.out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    _plot_map(result.rounds, plots / PLOTS[0])
+    _plot_persons(result.rounds, plots / PLOTS[1])
+    _plot_bytes(result.rounds, plots / PLOTS[2])
+    _strip(result.out, plots / PLOTS[3])
+    path = result.out / "report.md"
+    path.write_text(_markdown(result, options), encoding="utf-8")
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_map(rounds: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    x = [r["round"] for r in rounds]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for site in rounds[0]["map50"]:
+        left.plot(x, [r["map50"][site] for r in rounds], marker=".", alpha=0.5, label=site)
+    left.plot(x, [r["map50_mean"] for r in rounds], marker="o", color="k", label="mean")
+    left.set(xlabel="round (0: BlazePose alone)", ylabel="mAP@0.5 on held-out frames")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8)
+    right.plot(x, [100 * r["hard_case_rate"] for r in rounds], marker="o", label="hard cases")
+    right.plot(x, [100 * r["upload_share"] for r in rounds], marker="s", label="uploaded")
+    right.axhline(5, color="grey", linestyle=":", label="5%")
+    right.set(xlabel="round", ylabel="% of the stretch's frames")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_persons(rounds: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    x = [r["round"] for r in rounds]
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    axis.plot(x, [r["persons_per_frame"]["edge"] for r in rounds], marker="o", label="edge")
+    axis.plot(
+        x, [r["persons_per_frame"]["teacher"] for r in rounds], linestyle="--", label="teacher"
+    )
+    axis.set(xlabel="round (0: BlazePose alone, then the student)", ylabel="persons per frame")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_bytes(rounds: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    sites = list(rounds[0]["bytes_up"])
+    sent = [sum(r["bytes_up"][s] for r in rounds) for s in sites]
+    every = [sum(r["bytes_all_frames"][s] for r in rounds) for s in sites]
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    at = np.arange(len(sites))
+    axis.bar(at - 0.2, [max(v, 1) for v in every], 0.4, label="every frame (JPEG)")
+    axis.bar(at + 0.2, [max(v, 1) for v in sent], 0.4, label="hard cases sent")
+    axis.set_yscale("log")
+    axis.set_xticks(at, sites)
+    axis.set(ylabel="bytes up, all rounds")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _strip(out: Path, path: Path) -> None:
+    images = [cv2.imread(str(p)) for p in sorted(out.glob("strip-*.jpg"))]
+    images = [i for i in images if i is not None]
+    if not images:
+        images = [np.zeros((240, 320, 3), np.uint8)]
+    height = min(i.shape[0] for i in images)
+    row = [cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images]
+    cv2.imwrite(str(path), cv2.hconcat(row))
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _markdown(result: DemoResult, options: DemoOptions) -> str:
+    rounds = result.rounds
+    first, last = rounds[1] if len(rounds) > 1 else rounds[0], rounds[-1]
+    lines = [
+        "# fedge demo",
+        "",
+        f"Source `{options.source}`: {result.plan.describe()}. Privacy `{options.privacy}`, "
+        f"fusion `{options.fusion}`, {options.rounds} Flower rounds of `person-detector` "
+        f"(FedAvg, {options.local_epochs} local epochs), seed {options.seed}; "
+        f"{result.seconds / 60:.1f} min.",
+        "",
+        "mAP@0.5 and persons per frame are measured on each site's held-out frames, labelled "
+        "by the cloud's teacher for evaluation only (no site stores, uploads or trains on "
+        "them). Round 0 is BlazePose alone (no detector installed yet: cold start); round "
+        "r >= 1 is the int8 student version r each site installed and swapped in. Hard-case "
+        "and upload rates are over the frames each site processed in that round (a stretch "
+        "no model had seen).",
+        "",
+        "| round | model | mAP@0.5 | persons/frame (edge / teacher) | hard cases | uploaded "
+        "| bytes up | model bytes | edge FPS | latency ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r['round']} | {r['model_version']} | {r['map50_mean']:.3f} | "
+            f"{r['persons_per_frame']['edge']:.2f} / {r['persons_per_frame']['teacher']:.2f} | "
+            f"{_pct(r['hard_case_rate'])} | {_pct(r['upload_share'])} | "
+            f"{sum(r['bytes_up'].values()):,} | {r['model_bytes']:,} | {r['edge_fps']:.1f} | "
+            f"{r['edge_latency_ms']:.0f} |"
+        )
+    sent = sum(sum(r["bytes_up"].values()) for r in rounds)
+    every = sum(sum(r["bytes_all_frames"].values()) for r in rounds)
+    lines += [
+        "",
+        "## Did the loop work?",
+        "",
+        f"- student mAP@0.5 from round {first['round']} to {last['round']}: "
+        f"{first['map50_mean']:.3f} → {last['map50_mean']:.3f} "
+        f"({'rose' if last['map50_mean'] > first['map50_mean'] else 'did NOT rise'})",
+        f"- hard-case rate from round {first['round']} to {last['round']}: "
+        f"{_pct(first['hard_case_rate'])} → {_pct(last['hard_case_rate'])} "
+        f"({'fell' if last['hard_case_rate'] < first['hard_case_rate'] else 'did NOT fall'})",
+        "- uploads in the last round per site: "
+        + ", ".join(f"{s} {_pct(v)}" for s, v in last["upload_share_per_site"].items())
+        + (
+            " (all at most 5%)"
+            if max(last["upload_share_per_site"].values()) <= 0.05
+            else " (NOT all at most 5%)"
+        ),
+        f"- bytes sent by all sites: {sent:,} B, against {every:,} B to send every frame "
+        f"({_pct(sent / every if every else 0.0)})",
+        "",
+        *(f"![{p}](plots/{p})" for p in PLOTS),
+        "",
+    ]
+    return "\n".join(lines)

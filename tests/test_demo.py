@@ -1,0 +1,197 @@
+"""``fedge demo``: the whole loop on real processes, its outputs, and its refusals.
+
+The short demo runs the real thing on 60 frames of the sample clip: ``fedge cloud``, a
+``flower-superlink`` and one ``flower-supernode`` per site, the edge agents, two Flower
+rounds of ``person-detector`` with int8 export, install and live swap. Afterwards no
+process it started may be left. Bad input ends with a one-line error and exit 2 before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from fedge.demo.plan import plan_sites
+from fedge.demo.report import PLOTS
+from fedge.demo.runner import ROUND_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
+
+
+def _frames_folder(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    capture = cv2.VideoCapture(str(CLIP))
+    for index in range(count):
+        ok, frame = capture.read()
+        assert ok
+        cv2.imwrite(str(folder / f"{index:04d}.jpg"), frame)
+    capture.release()
+    return folder
+
+
+def _demo(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedge", "demo", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _processes_mentioning(path: Path) -> list[str]:
+    """Live processes whose command line, working directory or environment name ``path``."""
+    marker = str(path.resolve()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().split()[2] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            seen = marker in cmdline or marker in (entry / "environ").read_bytes()
+            seen = seen or str(path.resolve()) in os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if seen:
+            words = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {words}")
+    return found
+
+
+def _one_line_error(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("fedge demo: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+
+def test_sites_are_disjoint_time_segments_with_held_out_frames_never_streamed() -> None:
+    plan = plan_sites(240, sites=3, rounds=3)
+    seen: set[int] = set()
+    for site in plan.sites:
+        streamed = [i for stretch in site.stretches for i in stretch]
+        assert len(site.stretches) == 4
+        assert not set(streamed) & set(site.held_out)
+        assert min(streamed + list(site.held_out)) >= site.start
+        assert max(streamed + list(site.held_out)) < site.stop
+        assert max(streamed) < min(site.held_out)  # held out after the streamed frames
+        assert not seen & (set(streamed) | set(site.held_out))
+        seen |= set(streamed) | set(site.held_out)
+
+
+# --- bad input: exit 2, one line, nothing started -----------------------------------------
+
+
+def test_a_source_that_cannot_be_opened_is_refused(tmp_path: Path) -> None:
+    done = _demo("--source", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "missing.mp4" in _one_line_error(done.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_sites_than_the_source_allows_is_refused(tmp_path: Path) -> None:
+    source = _frames_folder(tmp_path / "frames", 20)
+    out = tmp_path / "out"
+    done = _demo("--source", str(source), "--sites", "3", "--rounds", "2", "--out", str(out))
+    assert done.returncode == 2
+    message = _one_line_error(done.stderr)
+    assert "20 frames" in message and "3 sites" in message
+    assert not (out / "logs").exists()  # no process was started
+    assert _processes_mentioning(out) == []
+
+
+def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from fedge.local_federation import free_port
+
+    out = tmp_path / "out"
+    done = _demo("--cloud", f"127.0.0.1:{free_port()}", "--out", str(out))
+    assert done.returncode == 2
+    assert "unreachable" in _one_line_error(done.stderr)
+    assert not out.exists()
+
+
+# --- the loop on real processes -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    # Prepare: 60 frames, 2 sites x (3 stretches of 8 frames + 6 held out)
+    source = _frames_folder(tmp_path / "frames", 60)
+    out = tmp_path / "out"
+
+    # Execute
+    done = _demo(
+        "--source", str(source), "--sites", "2", "--rounds", "2", "--local-epochs", "1",
+        "--out", str(out),
+    )  # fmt: skip
+
+    # Assert: one finite record per round with every key, the report, the plots
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert set(ROUND_KEYS) <= set(line)
+        for key in ("map50_mean", "hard_case_rate", "upload_share", "edge_fps"):
+            assert math.isfinite(line[key]), (key, line[key])
+        assert set(line["map50"]) == {"site-0", "site-1"}
+        assert all(math.isfinite(v) for v in line["persons_per_frame"]["per_site"].values())
+        assert line["frames"] == 16
+    assert lines[0]["model_version"].startswith("none")
+    assert [line["model_version"] for line in lines[1:]] == [
+        "person-detector-v1",
+        "person-detector-v2",
+    ]
+    assert lines[2]["model_bytes"] > 0 and lines[2]["bytes_down"] == 2 * lines[2]["model_bytes"]
+    assert lines[2]["flower"]["installed_on"] == 2
+    # every hard case that left a site went through the cloud and came back as a label
+    assert sum(line["labelled"] for line in lines) > 0
+    report = (out / "report.md").read_text()
+    assert "| 2 | person-detector-v2 |" in report
+    for plot in PLOTS:
+        assert (out / "plots" / plot).stat().st_size > 1000
+    assert _processes_mentioning(out) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    source = _frames_folder(tmp_path / "frames", 60)
+    out = tmp_path / "out"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fedge", "demo", "--source", str(source), "--sites", "2",
+         "--rounds", "2", "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "logs" / "supernode-1.log").exists():
+            assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
+            assert time.monotonic() < deadline, "the demo never started its SuperNodes"
+            time.sleep(0.5)
+        assert _processes_mentioning(out)  # cloud, SuperLink, SuperNodes are up
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert code == 130
+    assert _processes_mentioning(out) == []
