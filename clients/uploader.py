@@ -4,9 +4,11 @@ The frame store is the queue (``data.frame_store``): the uploader takes the pend
 that are due, oldest first, builds each ``HardCase`` through the privacy filter, marks
 them ``sent`` and ships them in batches over one ``InferStream`` call. Each answer is
 written back into the store as the frame's typed label (``FrameLabel``, ``source
-"cloud"``), and the case becomes ``labelled``. Nothing is kept in memory that the store
-does not also hold, so pending cases survive a restart: on start, cases a dead process
-left ``sent`` go back to ``pending`` (the cloud answers a retried case from its cache).
+"cloud"``, with the ``coverage`` of the case it answers: what of the frame the cloud was
+shown, ``clients.privacy_filter.case_coverage``), and the case becomes ``labelled``.
+Nothing is kept in memory that the store does not also hold, so pending cases survive a
+restart: on start, cases a dead process left ``sent`` go back to ``pending`` (the cloud
+answers a retried case from its cache).
 
 Errors, by gRPC status:
 
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from clients.privacy_filter import PrivacyError, PrivacyFilter
+from clients.privacy_filter import PrivacyError, PrivacyFilter, case_coverage
 from data.frame_store import LabelStatus
 from fedge.core.errors import ConfigError, StoreError
 from fedge.core.labels import FrameLabel, LabelError
@@ -430,7 +432,10 @@ class Uploader:
         if code is grpc.StatusCode.OK:
             try:
                 label = FrameLabel.from_cloud_result(
-                    reply.result, frame_width=frame.width, frame_height=frame.height
+                    reply.result,
+                    frame_width=frame.width,
+                    frame_height=frame.height,
+                    coverage=case_coverage(case),  # what the cloud saw of the frame
                 )
             except LabelError as err:
                 self._retry(batch, frame.id, grpc.StatusCode.INVALID_ARGUMENT, f"bad label: {err}")

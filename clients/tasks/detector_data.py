@@ -8,8 +8,14 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
 - **Cloud-labelled frames** (label status ``labelled``, a :class:`~fedge.core.labels.FrameLabel`
   with the fused boxes): every ``person`` box whose fused score is at least
   ``label_min_score`` is a target of weight :data:`CLOUD_WEIGHT` (1.0); boxes below it are
-  *ignored regions* (anchors overlapping them are neither person nor background). All
-  other anchors are background: the cloud looked at the whole frame.
+  *ignored regions* (anchors overlapping them are neither person nor background). Other
+  anchors are background only where the cloud looked (the label's ``coverage``): the
+  whole frame for a ``frames`` case (and labels older than coverage); only inside the
+  crops for a ``crops`` case, an anchor being "inside" when at least ``1 - negative_iou``
+  of it (the part in the frame) lies in one crop, so a person the cloud never saw
+  overlaps it by less than ``negative_iou`` and the anchor would be background in a
+  whole-frame label too; nowhere for a ``landmarks`` case (only its boxes train, and a
+  label with no box there is skipped). Anchors outside are ignored, not background.
 - **The node's own confident boxes** on frames without a label: BlazePose person boxes
   (``persons``, score >= ``pose_min_score``) and the node's detector boxes (``detections``
   labelled ``person``, score >= ``self_min_score``), weight ``own_weight`` (0.5 by
@@ -49,7 +55,7 @@ import numpy as np
 
 from data.frame_store import FrameStore, StoredFrame
 from fedge.core.errors import StoreError
-from fedge.core.geometry import iou_matrix
+from fedge.core.geometry import box_area, intersection_area, iou_matrix
 from fedge.core.labels import LabelError
 from models.box_coding import (
     DEFAULT_ANCHORS,
@@ -66,11 +72,15 @@ __all__ = [
     "ExampleRules",
     "NodeExamples",
     "StoreBatches",
+    "AugmentedView",
     "augment",
+    "augment_view",
+    "covered_share",
     "example_targets",
     "is_held_out",
     "list_examples",
     "load_input",
+    "seen_detections",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,7 +109,8 @@ class DetectorExample:
     """One frame as a training or evaluation example; boxes in frame pixels ``xyxy``.
 
     ``background`` says whether anchors away from every box are background (cloud
-    labels) or ignored (the node's own partial boxes).
+    labels) or ignored (the node's own partial boxes); ``coverage`` limits background to
+    the regions the labeller saw (``None``: the whole frame; see the module docstring).
     """
 
     frame_id: int
@@ -111,6 +122,7 @@ class DetectorExample:
     ignore: np.ndarray
     background: bool
     source: str
+    coverage: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,9 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
     people = [b for b in label.boxes if b.label == PERSON]
     sure = [b.box for b in people if b.score >= rules.label_min_score]
     unsure = [b.box for b in people if b.score < rules.label_min_score]
+    coverage = None if label.coverage is None else _boxes(label.coverage)
+    if coverage is not None and len(coverage) == 0 and not sure:
+        return None  # no pixel seen and no box: nothing to learn from this label
     return DetectorExample(
         frame_id=frame.id,
         path=frame.path,
@@ -153,6 +168,7 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
         ignore=_boxes(unsure),
         background=True,
         source="cloud",
+        coverage=coverage,
     )
 
 
@@ -230,6 +246,19 @@ def _read(example: DetectorExample) -> np.ndarray:
     return image
 
 
+@dataclass(frozen=True)
+class AugmentedView:
+    """One augmented example: the RGB uint8 input; kept boxes, ignored regions and the
+    covered regions (``None``: all of it), normalized to the input ``xyxy``; and which of
+    the example's boxes were kept."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    ignore: np.ndarray
+    keep: np.ndarray
+    coverage: np.ndarray | None
+
+
 def augment(
     frame_bgr: np.ndarray,
     boxes: np.ndarray,
@@ -240,8 +269,24 @@ def augment(
     """Crop-jitter, flip and recolour one frame (module docstring).
 
     Returns the RGB uint8 input, the kept boxes and the ignored regions (both normalized
-    to the input, ``xyxy``), and which of ``boxes`` were kept.
+    to the input, ``xyxy``), and which of ``boxes`` were kept (:func:`augment_view`
+    without coverage).
     """
+    view = augment_view(frame_bgr, boxes, ignore, rng, spec)
+    return view.image, view.boxes, view.ignore, view.keep
+
+
+def augment_view(
+    frame_bgr: np.ndarray,
+    boxes: np.ndarray,
+    ignore: np.ndarray,
+    rng: np.random.Generator,
+    spec: AnchorSpec = DEFAULT_ANCHORS,
+    *,
+    coverage: np.ndarray | None = None,
+) -> AugmentedView:
+    """:func:`augment`, also carrying the covered regions (frame pixels; ``None``: the
+    whole frame) through the same crop and flip; the same draws from ``rng``."""
     height, width = frame_bgr.shape[:2]
     scale = rng.uniform(*CROP_SCALE)
     crop_w, crop_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -264,13 +309,18 @@ def augment(
     ignored, ignore_visible = clipped(ignore)
     regions = np.concatenate([ignored[ignore_visible > 0], kept_boxes[cut]])
     kept_boxes = kept_boxes[keep]
+    seen = None
+    if coverage is not None:
+        seen, seen_visible = clipped(_boxes(coverage))
+        seen = seen[seen_visible > 0]
     image = frame_to_input(crop, spec)
     if rng.random() < 0.5:
         image = np.ascontiguousarray(image[:, ::-1])
         kept_boxes = _flip(kept_boxes)
         regions = _flip(regions)
+        seen = None if seen is None else _flip(seen)
     image = _photometric(image, rng)
-    return image, kept_boxes, regions, keep
+    return AugmentedView(image, kept_boxes, regions, keep, seen)
 
 
 def _flip(boxes: np.ndarray) -> np.ndarray:
@@ -294,6 +344,37 @@ def _anchor_corners(spec: AnchorSpec) -> np.ndarray:
     return np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
 
 
+def covered_share(boxes: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """For each box ``(N, 4)``, the largest share of its area inside one ``coverage``
+    region ``(M, 4)`` (same units; 0 when there is no region; a degenerate box: 0)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or len(coverage) == 0:
+        return np.zeros(len(boxes))
+    inside = intersection_area(boxes, np.asarray(coverage, np.float64)).max(axis=1)
+    area = box_area(boxes)
+    return np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)
+
+
+def seen_detections(
+    example: DetectorExample, boxes: np.ndarray, *, min_share: float = 0.5
+) -> np.ndarray:
+    """Which detections ``boxes`` (frame pixels ``(K, 4)``) the example's label can judge.
+
+    All of them for a whole-frame label; otherwise those with at least ``min_share`` of
+    their area inside one covered region, or overlapping a labelled box (or ignored
+    region) by IoU ``min_share`` or more. A detection elsewhere lies where the cloud did
+    not look: neither right nor wrong (evaluation drops it).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if example.coverage is None:
+        return np.ones(len(boxes), dtype=bool)
+    seen = covered_share(boxes, example.coverage) >= min_share
+    labelled = np.concatenate([example.boxes, example.ignore]).reshape(-1, 4)
+    if len(labelled) and len(boxes):
+        seen |= iou_matrix(boxes, labelled).max(axis=1) >= min_share
+    return seen
+
+
 def example_targets(
     boxes: np.ndarray,
     weights: np.ndarray,
@@ -302,20 +383,28 @@ def example_targets(
     spec: AnchorSpec = DEFAULT_ANCHORS,
     *,
     negative_iou: float = 0.4,
+    coverage: np.ndarray | None = None,
 ) -> np.ndarray:
     """Targets ``(num_anchors, 6)`` of one example (boxes normalized to the input).
 
     :func:`models.box_coding.encode_targets`, then background anchors overlapping an
-    ignored region by ``negative_iou`` or more, and all of them when ``background`` is
-    false, are marked ignored (label -1).
+    ignored region by ``negative_iou`` or more, all of them when ``background`` is
+    false, and, with ``coverage`` (regions the labeller saw; ``None``: all), those of
+    which less than ``1 - negative_iou`` (of the part in the input) lies in one region,
+    are marked ignored (label -1).
     """
     targets = encode_targets(boxes, spec, weights=weights, negative_iou=negative_iou)
     negative = targets[:, 4] == 0.0
     if not background:
         targets[negative, 4] = -1.0
-    elif len(ignore):
+        return targets
+    if len(ignore):
         near = iou_matrix(_anchor_corners(spec), np.asarray(ignore, np.float64)).max(axis=1)
         targets[negative & (near >= negative_iou), 4] = -1.0
+    if coverage is not None:
+        anchors = np.clip(_anchor_corners(spec), 0.0, 1.0)  # nothing lies outside the input
+        unseen = covered_share(anchors, np.asarray(coverage, np.float64)) < 1.0 - negative_iou
+        targets[negative & unseen, 4] = -1.0
     return targets
 
 
@@ -362,10 +451,12 @@ class StoreBatches(keras.utils.PyDataset):  # type: ignore[misc]
             example = self.examples[i]
             frame = _read(example)
             if self.augmentation:
-                images[row], boxes, ignore, keep = augment(
-                    frame, example.boxes, example.ignore, rng, spec
+                view = augment_view(
+                    frame, example.boxes, example.ignore, rng, spec, coverage=example.coverage
                 )
-                weights = example.weights[keep]
+                images[row] = view.image
+                boxes, ignore, coverage = view.boxes, view.ignore, view.coverage
+                weights = example.weights[view.keep]
             else:
                 images[row] = frame_to_input(frame, spec)
                 size = np.array([example.width, example.height] * 2, np.float32)
@@ -374,7 +465,10 @@ class StoreBatches(keras.utils.PyDataset):  # type: ignore[misc]
                     example.ignore / size,
                     example.weights,
                 )
-            targets[row] = example_targets(boxes, weights, ignore, example.background, spec)
+                coverage = None if example.coverage is None else example.coverage / size
+            targets[row] = example_targets(
+                boxes, weights, ignore, example.background, spec, coverage=coverage
+            )
         return normalize_input(images), targets
 
     def on_epoch_end(self) -> None:

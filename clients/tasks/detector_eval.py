@@ -7,8 +7,10 @@ The float Keras model is decoded with the shared box coding
 which runs in LiteRT through ``clients.detector.Detector``. The average precision is
 pycocotools' ``COCOeval`` (``stats[1]``: AP at IoU 0.5, all areas, 100 detections);
 ground truth is the cloud label's boxes, and its boxes below the label score floor are
-``iscrowd`` regions (a detection on them counts neither way). Frames never leave the
-node: only the resulting numbers do.
+``iscrowd`` regions (a detection on them counts neither way); where the cloud saw only
+crops, a detection outside them that matches no labelled box is not counted
+(``detector_data.seen_detections``). Frames never leave the node: only the resulting
+numbers do.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.tasks.detector_data import DetectorExample, load_input
+from clients.tasks.detector_data import DetectorExample, load_input, seen_detections
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec, decode_boxes, generate_anchors
 from models.person_detector import normalize_input
 
@@ -129,7 +131,8 @@ def map50(examples: Sequence[DetectorExample], detections: Sequence[FrameDetecti
         for crowd, boxes in ((0, example.boxes), (1, example.ignore)):
             for box in boxes:
                 annotations.append(_annotation(len(annotations) + 1, image_id, box, crowd))
-        for box, score in zip(found.boxes, found.scores, strict=True):
+        seen = seen_detections(example, found.boxes)  # where the cloud looked
+        for box, score in zip(found.boxes[seen], found.scores[seen], strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
             results.append(
                 {

@@ -3,17 +3,31 @@
 A :class:`FrameLabel` is typed and versioned. Its JSON form (``to_json``) is what the
 store keeps in a frame's ``label`` column::
 
-    {"schema_version": 1, "source": "cloud", "fusion_method": "mean",
+    {"schema_version": 2, "source": "cloud", "fusion_method": "mean",
      "teacher_version": "hog+blazepose-tiles/1", "frame_width": 640, "frame_height": 480,
      "boxes": [{"box": [x1, y1, x2, y2], "label": "person", "score": 0.85,
                 "edge_score": 0.8, "cloud_score": 0.9}],
-     "teacher_detections": [{"box": [...], "label": "person", "score": 0.9}]}
+     "teacher_detections": [{"box": [...], "label": "person", "score": 0.9}],
+     "coverage": [[x1, y1, x2, y2], ...]}
 
 Boxes are ``[x1, y1, x2, y2]`` in pixels of the frame as the node stored it; ``score`` is
 the fused confidence; ``edge_score`` / ``cloud_score`` are each source's own confidence,
-``null`` when that source had no matching box. ``from_json`` validates every field and
-refuses a label of a schema version it does not know (:class:`LabelError`), so a newer
-writer's labels are never misread.
+``null`` when that source had no matching box.
+
+``coverage`` says what of the frame the labeller looked at, so that only there may the
+absence of a box mean "nobody here": ``null`` the whole frame (``--privacy frames``), a
+list of rectangles the crops it saw (``crops``), an empty list no pixel at all
+(``landmarks``: the boxes come from the node's own poses). The node fills it from the
+hard case it sent (``clients.privacy_filter.case_coverage``); the cloud's answer does not
+carry it.
+
+Versions: schema 1 had no ``coverage`` (read as ``null``, the whole frame, which is what
+labels of ``frames`` cases meant; a schema-1 label of a ``crops`` case over-claims, as it
+always did). Schema 2 adds ``coverage``; labels are written as schema 2. ``from_json``
+validates every field and refuses a label of a schema version it does not know
+(:class:`LabelError`), so a newer writer's labels are never misread. The cloud's
+``CloudResult`` has its own version (:data:`RESULT_SCHEMA_VERSIONS`): the boxes it carries
+are the same in both label schemas.
 """
 
 from __future__ import annotations
@@ -31,14 +45,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL_SCHEMA_VERSION",
+    "RESULT_SCHEMA_VERSIONS",
     "SUPPORTED_SCHEMA_VERSIONS",
     "FrameLabel",
     "LabelBox",
     "LabelError",
 ]
 
-LABEL_SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+LABEL_SCHEMA_VERSION = 2
+"""The schema labels are written in (2: with ``coverage``)."""
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+"""Label schemas this fedge reads (1: before ``coverage``, read as the whole frame)."""
+RESULT_SCHEMA_VERSIONS = frozenset({1})
+"""``CloudResult.schema_version`` values this fedge reads (``server.cloud.inference``)."""
+_COVERAGE_SINCE = 2
 
 Box = tuple[float, float, float, float]
 
@@ -79,12 +99,19 @@ class FrameLabel:
     frame_width: int
     frame_height: int
     teacher_detections: tuple[Detection, ...] = field(default=())
+    coverage: tuple[Box, ...] | None = None
+    """What the labeller looked at: ``None`` the whole frame, else these rectangles
+    (empty: no pixel); see the module docstring."""
     schema_version: int = LABEL_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         _check(
             self.schema_version in SUPPORTED_SCHEMA_VERSIONS,
             f"label schema version {self.schema_version!r} is not supported",
+        )
+        _check(
+            self.coverage is None or self.schema_version >= _COVERAGE_SINCE,
+            f"label coverage needs schema version {_COVERAGE_SINCE} or later",
         )
         _check(isinstance(self.source, str) and bool(self.source), "label source must be non-empty")
         _check(
@@ -101,30 +128,45 @@ class FrameLabel:
                 _check(value is None or _is_probability(value), f"label {name} must be 0..1")
         for det in self.teacher_detections:
             self._check_box(det.box, det.label, det.score)
+        _check(
+            self.coverage is None or isinstance(self.coverage, tuple),
+            "label coverage must be None or a tuple of boxes",
+        )
+        for region in self.coverage or ():
+            self._check_region(region, "label coverage")
+
+    @property
+    def whole_frame(self) -> bool:
+        """Whether the labeller looked at the whole frame (``coverage`` is ``None``)."""
+        return self.coverage is None
 
     def _check_box(self, box: Sequence[float], label: str, score: float) -> None:
+        self._check_region(box, "label box")
+        _check(isinstance(label, str) and bool(label), "label box needs a non-empty label")
+        _check(_is_probability(score), f"label score must be 0..1, got {score!r}")
+
+    def _check_region(self, box: Sequence[float], what: str) -> None:
         _check(
             len(box) == 4 and all(_is_number(v) for v in box),
-            f"label box must be 4 finite numbers, got {box!r}",
+            f"{what} must be 4 finite numbers, got {box!r}",
         )
         x1, y1, x2, y2 = box
-        _check(x1 <= x2 and y1 <= y2, f"label box {list(box)} has x1 > x2 or y1 > y2")
+        _check(x1 <= x2 and y1 <= y2, f"{what} {list(box)} has x1 > x2 or y1 > y2")
         slack = 1.0  # rounding to 0.01 px and clipping differences
         _check(
             x1 >= -slack
             and y1 >= -slack
             and x2 <= self.frame_width + slack
             and y2 <= self.frame_height + slack,
-            f"label box {list(box)} lies outside the {self.frame_width}x{self.frame_height} frame",
+            f"{what} {list(box)} lies outside the {self.frame_width}x{self.frame_height} frame",
         )
-        _check(isinstance(label, str) and bool(label), "label box needs a non-empty label")
-        _check(_is_probability(score), f"label score must be 0..1, got {score!r}")
 
     # -- JSON --------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """Return the JSON form the store keeps (see the module docstring)."""
-        return {
+        """Return the JSON form the store keeps (see the module docstring); a schema-1
+        label keeps its schema-1 form (no ``coverage`` key)."""
+        data: dict[str, Any] = {
             "schema_version": self.schema_version,
             "source": self.source,
             "fusion_method": self.fusion_method,
@@ -134,6 +176,13 @@ class FrameLabel:
             "boxes": [b.to_json() for b in self.boxes],
             "teacher_detections": [d.to_json() for d in self.teacher_detections],
         }
+        if self.schema_version >= _COVERAGE_SINCE:
+            data["coverage"] = (
+                None
+                if self.coverage is None
+                else [[round(float(v), 2) for v in region] for region in self.coverage]
+            )
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> FrameLabel:
@@ -165,6 +214,7 @@ class FrameLabel:
                 Detection(box=_box(d["box"]), label=d["label"], score=d["score"])
                 for d in data.get("teacher_detections", ())
             )
+            coverage = _coverage(data, version)
             return cls(
                 boxes=boxes,
                 source=data["source"],
@@ -173,6 +223,7 @@ class FrameLabel:
                 frame_width=data["frame_width"],
                 frame_height=data["frame_height"],
                 teacher_detections=teacher,
+                coverage=coverage,
                 schema_version=version,
             )
         except (KeyError, TypeError, AttributeError) as err:
@@ -186,16 +237,20 @@ class FrameLabel:
         frame_width: int,
         frame_height: int,
         source: str = "cloud",
+        coverage: Sequence[Sequence[float]] | None = None,
     ) -> FrameLabel:
         """Build the label of a ``fedge.cloud.v1.CloudResult`` for a frame of that size.
 
-        Boxes a little outside the frame (rounding) are clipped to it; ``LabelError``
-        when the result's schema version is unknown or a box is malformed.
+        ``coverage`` is what the cloud was shown (``None``: the whole frame; see the
+        module docstring); the result itself does not say. Boxes a little outside the
+        frame (rounding) are clipped to it; ``LabelError`` when the result's schema
+        version is unknown or a box is malformed. The label is of schema
+        :data:`LABEL_SCHEMA_VERSION`.
         """
-        if result.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        if result.schema_version not in RESULT_SCHEMA_VERSIONS:
             raise LabelError(
                 f"cloud result schema version {result.schema_version} is unknown to this "
-                f"fedge (knows {sorted(SUPPORTED_SCHEMA_VERSIONS)}); upgrade fedge"
+                f"fedge (knows {sorted(RESULT_SCHEMA_VERSIONS)}); upgrade fedge"
             )
 
         def clip(box: Any) -> Box:
@@ -228,7 +283,7 @@ class FrameLabel:
             frame_width=frame_width,
             frame_height=frame_height,
             teacher_detections=teacher,
-            schema_version=result.schema_version,
+            coverage=_regions(coverage),
         )
 
 
@@ -260,6 +315,24 @@ def _box(value: Any) -> Box:
         f"label box must be 4 finite numbers, got {value!r}",
     )
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
+
+
+def _regions(coverage: Sequence[Sequence[float]] | None) -> tuple[Box, ...] | None:
+    if coverage is None:
+        return None
+    return tuple(_box([float(v) for v in region]) for region in coverage)
+
+
+def _coverage(data: Mapping[str, Any], version: int) -> tuple[Box, ...] | None:
+    """The ``coverage`` of a label's JSON form (``None`` before schema 2)."""
+    if version < _COVERAGE_SINCE:
+        _check("coverage" not in data, f"schema-{version} label cannot carry coverage")
+        return None
+    value = data["coverage"]
+    if value is None:
+        return None
+    _check(isinstance(value, list), f"label coverage must be null or a list, got {value!r}")
+    return tuple(_box(region) for region in value)
 
 
 def _text(value: Any, name: str) -> str:
