@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from clients.capture import Capture, CaptureStats, Frame
 from clients.hard_cases import HardCaseEvent, HardCaseFeed, HardCaseSelector, SelectorStats
 from data.frame_store import FrameStore
 from fedge.core.records import Detection, FrameResult, Person
+
+if TYPE_CHECKING:
+    from clients.motion import MotionProposer
 
 __all__ = [
     "STAGES",
@@ -213,8 +216,12 @@ class Pipeline:
     frames are in flight at once; the live FPS and latencies average the last
     ``window`` frames. With ``frame_clock`` the selector's rate limit and duplicate window
     run on the frames' own times (a recording processed faster than real time is limited
-    per minute of video, not of processing). Each record carries ``model_version`` (the version of the pose
-    models' person detector); :meth:`swap_pose` hot-swaps the pose models between frames.
+    per minute of video, not of processing). With ``motion`` (a
+    ``clients.motion.MotionProposer``) the store stage feeds it every frame in order and
+    adds its boxes, labelled ``"motion"``, to the record's ``detections`` after hard-case
+    selection has judged the frame (selection never sees them). Each record carries
+    ``model_version`` (the version of the pose models' person detector); :meth:`swap_pose`
+    hot-swaps the pose models between frames.
     """
 
     def __init__(
@@ -230,9 +237,11 @@ class Pipeline:
         window: int = 30,
         model_version: str = "",
         frame_clock: bool = False,
+        motion: MotionProposer | None = None,
     ) -> None:
         self.capture = capture
         self.frame_clock = frame_clock
+        self.motion = motion
         self.poses: list[PoseModel] = _replicas(pose)
         self._pose_set = _PoseSet(tuple(self.poses), model_version)
         self.detectors: list[DetectorModel] = _replicas(detector)
@@ -365,6 +374,9 @@ class Pipeline:
     def _store_step(self, work: _Work) -> None:
         started = time.perf_counter()
         result = work.result
+        moving = self.motion.update(work.frame.image) if self.motion is not None else []
+        if self.motion is not None:
+            result.timings_ms["motion"] = (time.perf_counter() - started) * 1000.0
         if self.selector is not None:
             # the rate limit runs on the selector's clock, not on the frame's wall-clock time
             now = work.frame.time if self.frame_clock else None
@@ -373,6 +385,7 @@ class Pipeline:
             )
             result.hard = decision.hard
             result.hard_reasons = decision.record_reasons()
+        result.detections.extend(moving)  # after selection: motion is not a detection
         if self.store is not None:
             work.store_id = self.store.add(work.frame.image, result)
             self._stored += 1

@@ -7,8 +7,19 @@ Four modes (``--privacy``):
 ``landmarks``  the frame's size, the 33 pose landmarks, boxes, scores and hard-case
                reasons of each person and detection; zero pixel bytes
 ``crops``      that, plus a JPEG of each person (pose box or person detector box, padded)
+               and of each moving region no person explains (``clients.motion``)
 ``frames``     that, plus the whole frame as a JPEG
 =============  ============================================================================
+
+Motion proposals (detections labelled ``"motion"``, ``clients.motion``) never go on the
+wire as detections: they are the node's guesses of where to look, not findings. In
+``crops`` mode each one that the person crops do not already cover (less than
+``motion_explained`` of it inside them) becomes a crop of its own (after the person
+crops, within ``max_crops``), with faces blurred like every crop. That is how a node
+with no person detector yet (cold start), whose BlazePose misses small far people, still
+shows the cloud its people; and why a node with a detector shows it the moving people
+the detector missed, the labels that teach it recall. :func:`case_coverage` says what of
+the frame a case shows, which the node records with the label the cloud returns.
 
 In ``crops`` and ``frames`` every face is blurred on the node before a pixel leaves it.
 Faces are found two ways, and both are blurred:
@@ -41,6 +52,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from clients.motion import MOTION_LABEL
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.proto import cloud_pb2
 from fedge.core.records import Detection, FrameResult, Person
@@ -57,6 +69,7 @@ __all__ = [
     "PrivacyMode",
     "PrivacyPolicy",
     "build_hard_case",
+    "case_coverage",
     "head_box",
 ]
 
@@ -132,6 +145,10 @@ class PrivacyPolicy:
     """A person crop grows by this share of its box on every side."""
     min_crop_px: int = 16
     max_crops: int = 16
+    motion_crops: bool = True
+    """Crop moving regions no person crop explains (module docstring)."""
+    motion_explained: float = 0.8
+    """A motion box at least this share inside the person crops needs no crop of its own."""
     jpeg_quality: int = 85
 
 
@@ -297,7 +314,8 @@ def build_hard_case(
     mode: PrivacyMode,
     model_version: str = "",
 ) -> cloud_pb2.HardCase:
-    """The pixel-free part of a ``HardCase``: ids, sizes, edge evidence and reasons."""
+    """The pixel-free part of a ``HardCase``: ids, sizes, edge evidence and reasons
+    (motion proposals are not evidence and stay on the node)."""
     case = cloud_pb2.HardCase(
         node_id=node_id,
         frame_id=int(frame_id),
@@ -309,7 +327,8 @@ def build_hard_case(
         hard_reasons=[r for r in result.hard_reasons if not r.startswith("suppressed:")],
     )
     for det in result.detections:
-        case.detections.add(box=_wire_box(det.box), label=det.label, score=float(det.score))
+        if det.label != MOTION_LABEL:
+            case.detections.add(box=_wire_box(det.box), label=det.label, score=float(det.score))
     for person in result.persons:
         wire = case.persons.add(box=_wire_box(person.box), score=float(person.score))
         for x, y, z, visibility in np.asarray(person.landmarks, dtype=np.float64):
@@ -446,11 +465,28 @@ class PrivacyFilter:
         self, result: FrameResult, width: int, height: int
     ) -> list[tuple[int, int, int, int]]:
         """Padded person regions (pose boxes and ``person`` detector boxes), largest first,
-        clipped. Other labels (BlazeFace's ``face`` boxes) get no crop: a face is never what
-        the cloud labels, and it is blurred anyway."""
+        then padded motion regions the person regions do not explain (``motion_crops``),
+        largest first; clipped, at most ``max_crops``. Other labels (BlazeFace's ``face``
+        boxes) get no crop: a face is never what the cloud labels, and it is blurred
+        anyway."""
         boxes = [p.box for p in result.persons] + [
             d.box for d in result.detections if d.label == "person"
         ]
+        regions = self._padded(boxes, width, height)
+        if self.policy.motion_crops:
+            covered = np.zeros((height, width), dtype=bool)
+            for x1, y1, x2, y2 in regions:
+                covered[y1:y2, x1:x2] = True
+            motion = [d.box for d in result.detections if d.label == MOTION_LABEL]
+            for x1, y1, x2, y2 in self._padded(motion, width, height):
+                if covered[y1:y2, x1:x2].mean() < self.policy.motion_explained:
+                    regions.append((x1, y1, x2, y2))
+        return list(dict.fromkeys(regions))[: self.policy.max_crops]
+
+    def _padded(
+        self, boxes: Sequence[Sequence[float]], width: int, height: int
+    ) -> list[tuple[int, int, int, int]]:
+        """Boxes padded by ``crop_padding``, clipped, big enough, largest first, distinct."""
         regions = []
         for x1, y1, x2, y2 in boxes:
             pad_x = (x2 - x1) * self.policy.crop_padding
@@ -458,5 +494,18 @@ class PrivacyFilter:
             region = _clip_box((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), width, height)
             if min(region[2] - region[0], region[3] - region[1]) >= self.policy.min_crop_px:
                 regions.append(region)
-        regions = sorted(set(regions), key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
-        return regions[: self.policy.max_crops]
+        return sorted(set(regions), key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
+
+
+def case_coverage(case: cloud_pb2.HardCase) -> tuple[Box, ...] | None:
+    """What of its frame a case shows the cloud, as a label's ``coverage``
+    (``fedge.core.labels``): ``None`` the whole frame (``frames``), the crops' rectangles
+    (``crops``), or nothing (``landmarks``: no pixel)."""
+    if case.privacy_mode == cloud_pb2.PRIVACY_MODE_FRAMES:
+        return None
+    if case.privacy_mode == cloud_pb2.PRIVACY_MODE_CROPS:
+        return tuple(
+            (float(c.x), float(c.y), float(c.x + c.width), float(c.y + c.height))
+            for c in case.crops.crops
+        )
+    return ()

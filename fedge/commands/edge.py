@@ -30,6 +30,7 @@ from fedge.core.errors import CaptureError, ConfigError
 if TYPE_CHECKING:
     from clients.hard_cases import HardCasePolicy
     from clients.hot_swap import DetectorFollower
+    from clients.motion import MotionProposer
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -164,6 +165,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-pose", action="store_true", help="skip pose estimation")
     parser.add_argument("--no-ssd", action="store_true", help="skip the SSD detector")
     parser.add_argument("--quiet", action="store_true", help="no live console, summary only")
+    parser.add_argument(
+        "--motion",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="propose boxes around moving regions (label 'motion' in the records); in "
+        "--privacy crops they become extra crops, so the cloud sees the people pose missed "
+        "(default auto: on with --privacy crops)",
+    )
     add_uplink_flags(parser)
     parser.set_defaults(handler=_run)
 
@@ -372,6 +381,7 @@ def _run(args: argparse.Namespace) -> int:
         store=store,
         selector=selector,
         model_version=follower.version if follower else "",
+        motion=_motion_proposer(args),
     )
     if uploader is not None:
         uploader.watch(pipeline.feed)
@@ -434,6 +444,15 @@ def _run(args: argparse.Namespace) -> int:
     if stats.frames == 0:
         raise CaptureError(f"no frame could be decoded from {args.source}")
     return 0
+
+
+def _motion_proposer(args: argparse.Namespace) -> MotionProposer | None:
+    """The motion proposer ``--motion`` asks for (``auto``: with ``--privacy crops``)."""
+    if args.motion == "off" or (args.motion == "auto" and args.privacy != "crops"):
+        return None
+    from clients.motion import MotionProposer
+
+    return MotionProposer()
 
 
 def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
