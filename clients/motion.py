@@ -143,7 +143,7 @@ class MotionProposer:
         self.frames += 1
         if self.frames <= policy.warmup_frames:
             return []
-        mask = np.where(mask > _FOREGROUND, np.uint8(255), np.uint8(0))
+        _, mask = cv2.threshold(mask, _FOREGROUND, 255, cv2.THRESH_BINARY)  # drop shadows
         if np.count_nonzero(mask) > policy.max_foreground * mask.size:
             return []
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
