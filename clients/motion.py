@@ -23,8 +23,8 @@ boxes only, and the privacy filter keeps it off the wire except as crops).
 
 No box comes out during the first ``warmup_frames`` frames (the background is not known
 yet) or when more than ``max_foreground`` of the frame moves at once (a light switched,
-the camera moved: the model relearns). On a 640x480 frame it costs about 2 ms (the
-README's figure; ``tests/test_motion.py`` prints it).
+the camera moved: the model relearns). On a 640x480 frame it costs about 2 ms (median
+on a 2-core development machine).
 """
 
 from __future__ import annotations
