@@ -309,15 +309,22 @@ class HardCaseSelector:
         persons: Sequence[Person],
         detections: Sequence[Detection],
         now: float | None = None,
+        proposals: Sequence[Detection] | None = None,
     ) -> HardCaseDecision:
         """Return the verdict for one frame; accepted hard cases spend the rate limit.
 
         ``now`` is the decision time on the selector's clock (default: read the clock).
+        ``proposals`` are the caller's person-candidate regions (motion boxes) when it
+        runs a proposer: in cold start a frame with neither a person nor a proposal is
+        then not sampled (a crop-only case of it would show the cloud nothing), so the
+        sample's budget goes to frames with something to label.
         """
         self.stats.frames += 1
         reasons = find_hard_reasons(persons, detections, self.policy, self.detector_labels)
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
+            if proposals is not None and not persons and not proposals:
+                return HardCaseDecision()
             return self._cold_start_sample(image, frame_time)
         if not reasons:
             return HardCaseDecision()

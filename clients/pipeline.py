@@ -381,7 +381,11 @@ class Pipeline:
             # the rate limit runs on the selector's clock, not on the frame's wall-clock time
             now = work.frame.time if self.frame_clock else None
             decision = self.selector.decide(
-                work.frame.image, result.persons, result.detections, now=now
+                work.frame.image,
+                result.persons,
+                result.detections,
+                now=now,
+                proposals=moving if self.motion is not None else None,
             )
             result.hard = decision.hard
             result.hard_reasons = decision.record_reasons()

@@ -229,6 +229,29 @@ def test_cold_start_samples_distinct_frames_at_its_own_rate() -> None:
     )
 
 
+def test_cold_start_with_a_proposer_spends_its_sample_only_on_frames_with_candidates() -> None:
+    # Prepare: a caller that runs a motion proposer; the first frames show nothing moving
+    from fedge.core.records import Detection
+
+    policy = HardCasePolicy(cold_start_per_minute=2)
+    selector = HardCaseSelector(policy, {"face"}, clock=FakeClock(), cold_start=True)
+    rng = np.random.default_rng(3)
+    moving = [Detection(box=(10.0, 10.0, 20.0, 40.0), label="motion", score=0.9)]
+
+    # Execute
+    empty = [
+        selector.decide(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), [], [], proposals=[])
+        for _ in range(5)
+    ]
+    first = selector.decide(
+        rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), [], [], proposals=moving
+    )
+
+    # Assert: nothing sampled (and no budget spent) until a frame has a candidate
+    assert not any(d.hard for d in empty)
+    assert first.hard and first.reasons == (Reason.COLD_START,)
+
+
 def test_dhash_is_stable_under_noise_and_changes_with_content(scene: np.ndarray) -> None:
     noisy = cv2.add(scene, np.full(scene.shape, 3, dtype=np.uint8))
     flipped = cv2.flip(scene, 1)
