@@ -1,6 +1,7 @@
 """One camera site of the demo: the edge agent as ``fedge edge --detector-dir --cloud`` runs it.
 
-The same parts as ``fedge edge``: whole-frame BlazePose until a person detector is
+The same parts as ``fedge edge``: motion proposals in ``crops`` mode (``--motion auto``),
+whole-frame BlazePose until a person detector is
 installed (cold start), then top-down pose on the installed detector's boxes (swapped
 in live by ``clients.hot_swap.DetectorFollower`` from ``<store>/detector``, where the
 site's SuperNode installs each round's model), BlazeFace, hard-case selection on the
@@ -24,6 +25,7 @@ from clients.detector import Detector
 from clients.drawing import annotate
 from clients.hard_cases import HardCasePolicy, HardCaseSelector
 from clients.hot_swap import DetectorFollower, person_detector_loader, swap_into
+from clients.motion import MotionProposer
 from clients.pipeline import Pipeline
 from clients.pose import create_pose_estimator
 from clients.pose.top_down import TopDownPoseEstimator
@@ -102,6 +104,9 @@ class SiteAgent:
             store=self.store,
             selector=self.selector,
             frame_clock=True,
+            motion=MotionProposer()
+            if privacy == "crops"
+            else None,  # as `fedge edge --motion auto`
         )
         self.uploader = Uploader(
             self.store,
