@@ -20,7 +20,15 @@ In one run on the sample clip (``--source`` for another video, read at 640x480):
   0.5); edge FPS of ``Pipeline`` as ``fedge edge --person-model`` runs it (int8 student,
   top-down pose for up to 4 people, BlazeFace SSD, store, hard-case selection) on the whole
   clip, and the share of held-out frames it marks as hard cases (the upload share); the
-  peak RSS of a child process running one client's local training.
+  peak RSS of a child process running one client's local training;
+- **calibration**: the last round's score calibration, summed from the nodes' evaluation
+  replies in ``metrics.jsonl`` as the server does for the artifact
+  (``export.score_calibration``): the student's recall/precision at its calibrated
+  operating score, and the edge run again as a node runs that version (pose from the
+  operating score, the hard-case selector's person band the version's); for both edge runs,
+  the share of teacher-labelled held-out frames where the student is wrong (a teacher box
+  unmatched at IoU 0.5 or a box at/above the operating score matching none) and the share
+  of those the selector flags.
 
 Results go to ``benchmarks/results/detector.{md,csv}`` and a rich table.
 
@@ -323,11 +331,38 @@ def measure_models(
     return figures
 
 
-def measure_found(
-    students: dict[int, bytes], frames: list[np.ndarray], stores: Stores, label_floor: float
-) -> list[Figure]:
-    """Persons per held-out frame (BlazePose, students, teacher); recall/precision."""
+def round_calibration(run_dir: Path, server_round: int) -> Any:
+    """The round's score calibration from the nodes' evaluation replies in ``metrics.jsonl``,
+    summed as the server does for the round's artifact (``None``: too few counts)."""
+    from clients.tasks.detector_eval import calibration_from_metrics
+    from server.metrics_log import read_metrics
+
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["round"] == server_round]
+    replies = [c["eval"] for r in rows for c in r["clients"] if "eval" in c]
+    return calibration_from_metrics(replies)
+
+
+def _recall_precision(found: list[list[Any]], refs: list[np.ndarray]) -> tuple[float, float]:
     from export.report import match_detections
+
+    matched = sum(len(match_detections(f, r)) for f, r in zip(found, refs, strict=True))
+    total_refs = sum(len(r) for r in refs)
+    total_found = sum(len(f) for f in found)
+    return (
+        matched / total_refs if total_refs else 1.0,
+        matched / total_found if total_found else 1.0,
+    )
+
+
+def measure_found(
+    students: dict[int, bytes],
+    frames: list[np.ndarray],
+    stores: Stores,
+    label_floor: float,
+    calibration: Any = None,
+) -> list[Figure]:
+    """Persons per held-out frame (BlazePose, students, teacher); recall/precision, also at
+    the last round's calibrated operating score when there is a ``calibration``."""
 
     held = [frames[i] for i in stores.held_out_indices]
     refs = [_teacher_boxes(f, label_floor) for f in stores.teacher]
@@ -342,43 +377,97 @@ def measure_found(
         item = f"student int8 after round {server_round}"
         figures.append(Figure("persons", item, "persons per frame", sum(map(len, found)) / count))
         if server_round == last:
-            matched = sum(len(match_detections(f, r)) for f, r in zip(found, refs, strict=True))
-            total_refs = sum(len(r) for r in refs)
-            total_found = sum(len(f) for f in found)
-            recall = matched / total_refs if total_refs else 1.0
-            precision = matched / total_found if total_found else 1.0
-            figures += [
-                Figure(
-                    "student vs teacher",
-                    f"round {server_round}",
-                    "recall",
-                    recall,
-                    ">= 90%",
-                    recall >= GOALS["recall"],
-                ),
-                Figure(
-                    "student vs teacher",
-                    f"round {server_round}",
-                    "precision",
-                    precision,
-                    ">= 90%",
-                    precision >= GOALS["precision"],
-                ),
-            ]
-    figures.insert(
-        len(figures) - 2,
-        Figure("persons", "cloud teacher (HOG)", "persons per frame", sum(map(len, refs)) / count),
+            operating = [(f"round {server_round}", found)]
+            if calibration is not None:
+                at = calibration.operating_score
+                calibrated = _student(model, at)
+                operating.append(
+                    (
+                        f"round {server_round} at its calibrated score {at:g}",
+                        [calibrated.detect(f) for f in held],
+                    )
+                )
+            compared = []
+            for name, boxes in operating:
+                recall, precision = _recall_precision(boxes, refs)
+                compared += [
+                    Figure(
+                        "student vs teacher",
+                        name,
+                        "recall",
+                        recall,
+                        ">= 90%",
+                        recall >= GOALS["recall"],
+                    ),
+                    Figure(
+                        "student vs teacher",
+                        name,
+                        "precision",
+                        precision,
+                        ">= 90%",
+                        precision >= GOALS["precision"],
+                    ),
+                ]
+    figures.append(
+        Figure("persons", "cloud teacher (HOG)", "persons per frame", sum(map(len, refs)) / count)
     )
-    return figures
+    return figures + compared
 
 
-def measure_edge(
-    model: bytes, source: Path, held_start: int, model_dir: str | None
-) -> list[Figure]:
-    """FPS of ``Pipeline`` as ``fedge edge --person-model`` runs it; held-out hard cases."""
+@dataclass
+class EdgeRun:
+    """One edge run over the clip: FPS, posed persons, held-out hard cases and, on the
+    teacher-labelled held-out frames, where the student is wrong and which are flagged."""
+
+    fps: float
+    posed: float
+    held: int
+    hard: int
+    uploaded: int
+    labelled: int
+    wrong: int
+    wrong_flagged: int
+
+
+def _wrong(boxes: list[Any], teacher: list[Any], operating: float, label_floor: float) -> bool:
+    """Whether the student's person boxes at/above ``operating`` miss a teacher box (at or
+    above ``label_floor``) or hold one matching none (IoU 0.5; teacher boxes under the floor
+    are crowd regions, as in the mAP)."""
+    from export.report import match_detections
+    from fedge.core.geometry import iou_matrix
+
+    kept = [d for d in boxes if d.label == "person" and d.score >= operating]
+    refs = _teacher_boxes(teacher, label_floor)
+    crowd = np.asarray([d.box for d in teacher if d.score < label_floor]).reshape(-1, 4)
+    pairs = match_detections(kept, refs)
+    if len(pairs) < len(refs):
+        return True
+    matched = {i for i, _ in pairs}
+    for i, d in enumerate(kept):
+        if i in matched:
+            continue
+        if not len(crowd) or iou_matrix([d.box], crowd).max() < 0.5:
+            return True
+    return False
+
+
+def edge_run(
+    model: bytes,
+    source: Path,
+    held_start: int,
+    model_dir: str | None,
+    *,
+    calibration: Any = None,
+    teacher: dict[int, list[Any]] | None = None,
+    label_floor: float = 0.3,
+) -> EdgeRun:
+    """Run ``Pipeline`` as ``fedge edge --person-model`` does, or, with ``calibration``, as
+    a node running that version does (``clients.hot_swap.apply_version``: pose from the
+    operating score, the selector's person band the version's, boxes kept down to it)."""
     from clients.capture import Capture, CaptureConfig
     from clients.detector import Detector
     from clients.hard_cases import HardCasePolicy, HardCaseSelector
+    from clients.hot_swap import LoadedVersion, apply_version
     from clients.pipeline import Pipeline
     from clients.pose.top_down import TopDownPoseEstimator, load_person_detector
     from data.frame_store import FrameStore
@@ -392,10 +481,13 @@ def measure_edge(
         max_persons=MAX_PERSONS,
     )
     policy = _hard_case_policy(args)
+    floor = policy.uncertain_low
+    if calibration is not None:
+        floor = min(floor, calibration.uncertain_low)
     workers = default_pose_workers()
     poses = [
         TopDownPoseEstimator.from_cache(
-            load_person_detector(model, score_threshold=policy.uncertain_low, num_threads=1),
+            load_person_detector(model, score_threshold=floor, num_threads=1),
             model_dir,
             num_threads=1,
             max_persons=MAX_PERSONS,
@@ -406,8 +498,10 @@ def measure_edge(
     selector = HardCaseSelector(
         policy, detector_labels=_detector_labels(ssd, person_model=True), cold_start=False
     )
+    version = LoadedVersion("student", 0, "", (), calibration=calibration)
+    apply_version(version, poses, selector)
     done: list[float] = []
-    posed, held, reasons, uploaded = 0, 0, 0, 0
+    posed, held, reasons, uploaded, labelled, wrong, caught = 0, 0, 0, 0, 0, 0, 0
     with tempfile.TemporaryDirectory() as tmp, FrameStore(tmp, fsync=False) as store:
         capture = Capture(source, CaptureConfig(size=SIZE))
         pipeline = Pipeline(capture, pose=poses, detector=ssd, store=store, selector=selector)
@@ -418,35 +512,114 @@ def measure_edge(
                 posed += len(result.persons)
                 if result.frame >= held_start:
                     held += 1
-                    reasons += bool([r for r in result.hard_reasons if "suppressed" not in r])
+                    flagged = bool([r for r in result.hard_reasons if "suppressed" not in r])
+                    reasons += flagged
                     uploaded += bool(result.hard)
+                    if teacher is not None and result.frame in teacher:
+                        labelled += 1
+                        if _wrong(
+                            result.detections,
+                            teacher[result.frame],
+                            version.operating_score,
+                            label_floor,
+                        ):
+                            wrong += 1
+                            caught += flagged
     fps = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else 0.0
-    share = reasons / held if held else 0.0
-    return [
+    return EdgeRun(fps, posed / max(1, len(done)), held, reasons, uploaded, labelled, wrong, caught)
+
+
+def measure_edge(
+    model: bytes,
+    source: Path,
+    held_start: int,
+    model_dir: str | None,
+    *,
+    calibration: Any = None,
+    teacher: dict[int, list[Any]] | None = None,
+    label_floor: float = 0.3,
+) -> list[Figure]:
+    """FPS of ``Pipeline`` as ``fedge edge`` runs the student; held-out hard cases with the
+    default band and, given the version's ``calibration``, as a node runs that version
+    (its FPS then is the edge figure); on teacher-labelled held-out frames the share where
+    the student is wrong and the share of those flagged."""
+    runs = [("default band", edge_run(model, source, held_start, model_dir, teacher=teacher))]
+    if calibration is not None:
+        name = (
+            f"calibrated: pose from {calibration.operating_score:g}, person band "
+            f"[{calibration.uncertain_low:g}, {calibration.uncertain_high:g})"
+        )
+        runs.append(
+            (
+                name,
+                edge_run(
+                    model,
+                    source,
+                    held_start,
+                    model_dir,
+                    calibration=calibration,
+                    teacher=teacher,
+                    label_floor=label_floor,
+                ),
+            )
+        )
+    from clients.hard_cases import HardCasePolicy
+
+    rate = HardCasePolicy().max_per_minute
+    workers = _edge_workers()
+    last = runs[-1][1]
+    figures = [
         Figure(
             "edge",
-            f"int8 student + top-down pose (<= {MAX_PERSONS}), {workers} workers",
+            f"int8 student + top-down pose (<= {MAX_PERSONS}), {workers} workers"
+            + (", calibrated" if calibration is not None else ""),
             "FPS 640x480",
-            fps,
+            last.fps,
             ">= 15",
-            fps >= GOALS["fps"],
+            last.fps >= GOALS["fps"],
         ),
-        Figure("edge", "same", "posed persons per frame", posed / max(1, len(done))),
-        Figure(
-            "upload",
-            f"held-out frames ({held})",
-            "hard-case share",
-            share,
-            "<= 5%",
-            share <= GOALS["upload"],
-        ),
-        Figure(
-            "upload",
-            f"held-out frames ({held})",
-            f"uploaded share (rate limit {args.hard_per_minute:g}/min)",
-            uploaded / held if held else 0.0,
-        ),
+        Figure("edge", "same", "posed persons per frame", last.posed),
     ]
+    for name, run in runs:
+        share = run.hard / run.held if run.held else 0.0
+        figures += [
+            Figure(
+                "upload",
+                f"held-out frames ({run.held}), {name}",
+                "hard-case share",
+                share,
+                "<= 5%",
+                share <= GOALS["upload"],
+            ),
+            Figure(
+                "upload",
+                f"held-out frames ({run.held}), {name}",
+                f"uploaded share (rate limit {rate:g}/min)",
+                run.uploaded / run.held if run.held else 0.0,
+            ),
+        ]
+        if run.labelled:
+            figures += [
+                Figure(
+                    "upload",
+                    f"teacher-labelled held-out frames ({run.labelled}), {name}",
+                    "student-wrong share",
+                    run.wrong / run.labelled,
+                ),
+                Figure(
+                    "upload",
+                    f"teacher-labelled held-out frames ({run.labelled}), {name}",
+                    "share of wrong frames flagged",
+                    run.wrong_flagged / run.wrong if run.wrong else 1.0,
+                ),
+            ]
+    return figures
+
+
+def _edge_workers() -> int:
+    from fedge.commands.edge import default_pose_workers
+
+    return default_pose_workers()
 
 
 def fit_child(store: str, epochs: int) -> None:
@@ -567,7 +740,13 @@ def write_reports(
         "with 1 thread. Hard-case share: held-out frames the node's selector gives a reason "
         "to upload (before its rate limit); the uploaded share is after it. Edge FPS: steady "
         "state of `Pipeline` over the whole clip, as `fedge edge --person-model` runs it "
-        "(BlazeFace SSD and frame store included).",
+        "(BlazeFace SSD and frame store included). Calibrated rows: the last round's score "
+        "calibration, summed from the nodes' evaluation replies (their own held-out frames, "
+        "float model) as the server writes it into the artifact; the edge then poses boxes "
+        "from the calibrated operating score and the selector's person band is the "
+        "version's, as a node running that version does (its FPS is the edge figure). "
+        "Student wrong: on a teacher-labelled held-out frame, a teacher box unmatched at "
+        "IoU 0.5 or a student box at/above the operating score matching none.",
         "",
     ]
     md_path.write_text("\n".join(lines), encoding="utf-8")
@@ -636,10 +815,20 @@ def main(argv: list[str] | None = None) -> int:
         from fedge.core.run_config import RunConfig
 
         floor = RunConfig.from_mapping(config).detector_label_min_score
-        figures += measure_found(students, frames, stores, floor)
+        calibration = round_calibration(run_dir, args.rounds)
+        figures += measure_found(students, frames, stores, floor, calibration)
         figures += measure_rss(stores.sites[0], args.local_epochs)
         held_start = stores.held_out_indices[0]
-        figures += measure_edge(students[args.rounds], args.source, held_start, args.model_dir)
+        teacher = dict(zip(stores.held_out_indices, stores.teacher, strict=True))
+        figures += measure_edge(
+            students[args.rounds],
+            args.source,
+            held_start,
+            args.model_dir,
+            calibration=calibration,
+            teacher=teacher,
+            label_floor=floor,
+        )
     others = other_load(jiffies, _own_cpu() - cpu0)
     total = time.perf_counter() - began
     from fedge.commands.edge import usable_cores

@@ -2,7 +2,11 @@
 
 A frame qualifies when the node's own models are unsure of it:
 
-- ``uncertain_score``: a detection's score falls in the uncertainty band;
+- ``uncertain_score``: a detection's score falls in the uncertainty band: the label's
+  calibrated :class:`ScoreBand` when the selector has one (``set_band``: the person
+  detector's version measured on the nodes, ``export.score_calibration``: boxes the node's
+  decision on is wrong with probability >= 0.3), else ``policy.uncertain_low`` to
+  ``policy.uncertain_high``;
 - ``pose_ssd_disagree``: the pose estimator and the detector disagree: a confident pose
   with no matching box, or a confident box with no pose; which detector labels take
   part, and how a box matches a pose (IoU for person boxes, "inside" for face boxes), is
@@ -28,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -47,6 +51,7 @@ __all__ = [
     "HardCasePolicy",
     "HardCaseSelector",
     "Reason",
+    "ScoreBand",
     "SelectorStats",
     "Suppression",
     "TokenBucket",
@@ -91,6 +96,22 @@ class DisagreementCheck:
     match: Literal["iou", "inside"] = "iou"
     pose_implies_box: bool = True
     max_posed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreBand:
+    """Scores ``low <= score < high`` of one label are uncertain (empty when equal)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low <= self.high <= 1.0:
+            raise ValueError(f"score band [{self.low}, {self.high}) is not within [0, 1]")
+
+    def contains(self, score: float) -> bool:
+        """Whether ``score`` lies in the band."""
+        return self.low <= float(score) < self.high
 
 
 @dataclass(frozen=True)
@@ -167,14 +188,18 @@ def find_hard_reasons(
     detections: Sequence[Detection],
     policy: HardCasePolicy,
     detector_labels: Collection[str] | None = None,
+    bands: Mapping[str, ScoreBand] | None = None,
 ) -> tuple[str, ...]:
     """Return why a frame is hard (empty when it is not), before any suppression.
 
     ``detector_labels`` are the labels the detector can emit; disagreement checks for
-    other labels are skipped (``None``: only labels present in ``detections``).
+    other labels are skipped (``None``: only labels present in ``detections``). ``bands``
+    are calibrated uncertainty bands by label (other labels: the policy's band).
     """
     reasons: list[str] = []
-    if any(policy.uncertain_low <= d.score < policy.uncertain_high for d in detections):
+    default = ScoreBand(policy.uncertain_low, policy.uncertain_high)
+    own = bands or {}
+    if any(own.get(d.label, default).contains(d.score) for d in detections):
         reasons.append(Reason.UNCERTAIN_SCORE)
     if _pose_and_boxes_disagree(persons, detections, policy, detector_labels):
         reasons.append(Reason.POSE_SSD_DISAGREE)
@@ -284,7 +309,10 @@ class HardCaseSelector:
     """Decide, frame by frame, which frames are hard cases (see the module docstring).
 
     ``clock`` returns the current time in seconds; the rate limit and the duplicate
-    window run on it.
+    window run on it. ``bands`` are calibrated uncertainty bands by label;
+    :meth:`set_band` replaces one from another thread (the detector follower, when it
+    swaps a version in) while :meth:`decide` runs: each decision uses the bands of one
+    moment.
     """
 
     def __init__(
@@ -293,15 +321,34 @@ class HardCaseSelector:
         detector_labels: Collection[str] | None = None,
         clock: Clock = time.monotonic,
         cold_start: bool = False,
+        bands: Mapping[str, ScoreBand] | None = None,
     ) -> None:
         self.policy = policy or HardCasePolicy()
         self.detector_labels = detector_labels
+        self._bands: Mapping[str, ScoreBand] = dict(bands or {})
+        self._bands_lock = threading.Lock()
         self.clock = clock
         self.cold_start = cold_start and self.policy.cold_start_per_minute > 0
         self.stats = SelectorStats()
         self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
         self._cold_bucket = TokenBucket(self.policy.cold_start_per_minute / 60.0, 1.0)
         self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
+
+    @property
+    def bands(self) -> dict[str, ScoreBand]:
+        """The calibrated bands by label now (a copy)."""
+        return dict(self._bands)
+
+    def set_band(self, label: str, band: ScoreBand | None) -> None:
+        """Use ``band`` for ``label``'s boxes from the next decision on (``None``: the
+        policy's band again). Safe to call from any thread."""
+        with self._bands_lock:
+            bands = dict(self._bands)
+            if band is None:
+                bands.pop(label, None)
+            else:
+                bands[label] = band
+            self._bands = bands  # one reference swap: decide reads either whole mapping
 
     def decide(
         self,
@@ -320,7 +367,9 @@ class HardCaseSelector:
         sample's budget goes to frames with something to label.
         """
         self.stats.frames += 1
-        reasons = find_hard_reasons(persons, detections, self.policy, self.detector_labels)
+        reasons = find_hard_reasons(
+            persons, detections, self.policy, self.detector_labels, self._bands
+        )
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:

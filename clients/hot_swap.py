@@ -10,6 +10,13 @@ frame path, then hands them over (``on_swap``; the agent calls
 finish on the old one, none is dropped and nothing restarts. A version that fails is
 logged once and skipped; the old one keeps serving. A rollback moves the pointer too,
 and is followed the same way.
+
+Each version brings what its scores mean (the manifest's ``calibration``, measured on the
+nodes' held-out frames in the round that produced it, ``export.score_calibration``):
+with it the pose workers count boxes as persons from the version's operating score on
+(``min_box_score``) and the hard-case selector's person band becomes the version's
+uncertainty band (:func:`apply_version`, also on every swap); a version without it gets
+the defaults (``min_box_score`` 0.5, the policy's band).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clients.detector import Detector, DetectorSpec
+from clients.hard_cases import ScoreBand
 from clients.model_installer import POINTER_FILE, CurrentPointer, read_pointer, version_label
 from export.artifact import (
     DEFAULT_NAME,
@@ -33,17 +41,21 @@ from export.artifact import (
     read_manifest,
     verify_artifact,
 )
+from export.score_calibration import DEFAULT_OPERATING_SCORE, ScoreCalibration
 from fedge.core.errors import ModelError
 
 __all__ = [
     "DetectorFollower",
     "DetectorLoader",
     "LoadedVersion",
+    "apply_version",
     "person_detector_loader",
     "swap_into",
 ]
 
 log = logging.getLogger(__name__)
+
+PERSON_LABEL = "person"
 
 DetectorLoader = Callable[[Path, ModelManifest], Any]
 """``(model path, manifest) -> detector``; called once per pose worker for each version."""
@@ -53,12 +65,16 @@ def person_detector_loader(
     score_threshold: float, num_threads: int | None = None
 ) -> DetectorLoader:
     """A loader giving a :class:`Detector` fed as the manifest says, keeping boxes down
-    to ``score_threshold`` (the agent's hard-case uncertainty floor)."""
+    to ``score_threshold`` (the agent's hard-case uncertainty floor), or lower to the
+    bottom of the version's calibrated uncertainty band."""
 
     def load(path: Path, manifest: ModelManifest) -> Detector:
+        floor = score_threshold
+        if manifest.calibration is not None:
+            floor = min(floor, manifest.calibration.uncertain_low)
         spec = DetectorSpec(
             labels=tuple(manifest.detector.labels),
-            score_threshold=score_threshold,
+            score_threshold=floor,
             input_mean=manifest.input.mean,
             input_std=manifest.input.std,
             max_detections=manifest.detector.max_detections,
@@ -85,6 +101,11 @@ def swap_into(
     start: ``first_estimator(detector)`` then builds each worker's top-down estimator, and
     ``selector`` (a ``HardCaseSelector``) leaves cold start: from that frame on it selects
     by the detector's uncertainty, its person boxes taking part in the pose/box check.
+
+    Every version's operating score and uncertainty band are applied
+    (:func:`apply_version`): the new models get the operating score before they serve,
+    the selector the band right after the swap (the few frames in flight then are judged
+    with the new band).
     """
     current = list(estimators)
 
@@ -96,8 +117,11 @@ def swap_into(
             e.with_person_detector(d) if top_down else first_estimator(d)  # type: ignore[misc]
             for e, d in zip(current, loaded.detectors, strict=True)
         ]
+        apply_version(loaded, models)
         pipeline.swap_pose(models, loaded.label)
         current[:] = models
+        if selector is not None:
+            apply_version(loaded, (), selector)
         if selector is not None and selector.cold_start:
             labels = tuple(selector.detector_labels or ())
             selector.detector_labels = labels + (() if "person" in labels else ("person",))
@@ -106,14 +130,40 @@ def swap_into(
     return swap
 
 
+def apply_version(loaded: LoadedVersion, models: Sequence[Any], selector: Any = None) -> None:
+    """Give ``models`` (top-down pose estimators built for ``loaded``; others are left
+    alone) the version's operating score as ``min_box_score``, and ``selector`` (a
+    ``HardCaseSelector``) its person uncertainty band (the policy's band when the version
+    has no calibration)."""
+    for model in models:
+        if hasattr(model, "min_box_score"):
+            model.min_box_score = loaded.operating_score
+    if selector is not None:
+        selector.set_band(PERSON_LABEL, loaded.band)
+
+
 @dataclass(frozen=True)
 class LoadedVersion:
-    """A verified version and its loaded detectors (one per pose worker)."""
+    """A verified version and its loaded detectors (one per pose worker), with its
+    calibration (``None``: the manifest has none) and the operating score it implies."""
 
     label: str
     version: int
     sha256: str
     detectors: tuple[Any, ...]
+    calibration: ScoreCalibration | None = None
+
+    @property
+    def operating_score(self) -> float:
+        """The score from which a box counts as a person (0.5 when uncalibrated)."""
+        cal = self.calibration
+        return DEFAULT_OPERATING_SCORE if cal is None else cal.operating_score
+
+    @property
+    def band(self) -> ScoreBand | None:
+        """The calibrated person uncertainty band (``None``: uncalibrated version)."""
+        cal = self.calibration
+        return None if cal is None else ScoreBand(cal.uncertain_low, cal.uncertain_high)
 
 
 class DetectorFollower:
@@ -246,7 +296,11 @@ class DetectorFollower:
         verify_artifact(model_path, manifest, frame=self.smoke_frame)
         detectors = tuple(self.load(model_path, manifest) for _ in range(self.copies))
         return LoadedVersion(
-            version_label(self.name, pointer.version), pointer.version, pointer.sha256, detectors
+            version_label(self.name, pointer.version),
+            pointer.version,
+            pointer.sha256,
+            detectors,
+            calibration=manifest.calibration,
         )
 
     # -- the watcher thread ------------------------------------------------------------

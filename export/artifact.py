@@ -16,13 +16,23 @@ The manifest (JSON, ``format_version`` 1)::
      "detector": {"labels": ["person"], "score_threshold": 0.5, "num_anchors": 4644,
                   "max_detections": 50, "nms_iou_threshold": 0.5,
                   "outputs": "TFLite_Detection_PostProcess"},
-     "metrics": {...}}                   # optional: ExportReport.to_json()
+     "metrics": {...},                   # optional: ExportReport.to_json()
+     "calibration": {...}}               # optional: export.score_calibration (below)
 
 ``input`` says how to feed the model: the whole frame stretched to ``shape``'s height
 and width, RGB, ``(pixel - mean) / std``, then quantized with the input tensor's own
 scale and zero point when ``dtype`` is an integer type. ``detector`` maps one to one
 onto ``clients.detector.DetectorSpec`` (``labels``, ``score_threshold``,
-``input_mean``/``input_std``, ``max_detections``; ``keep_aspect_ratio`` false).
+``input_mean``/``input_std``, ``max_detections``; ``keep_aspect_ratio`` false); its
+``score_threshold`` is the node's operating threshold (boxes counted as persons).
+
+``calibration`` (optional, ``null`` or absent in artifacts written before it existed) is
+what this version's scores mean, measured on the nodes' held-out frames in the round
+that produced it (:class:`export.score_calibration.ScoreCalibration`: per-bin counts,
+calibrated precision, ``operating_score`` (then also ``detector.score_threshold``) and
+the uncertainty band ``uncertain_low``/``uncertain_high`` the node's hard-case
+selection uses). Nodes that predate it ignore the key; a manifest without it loads with
+``calibration = None`` (the node's defaults).
 
 :func:`verify_artifact` is what a node runs before installing a model: sha256, input
 spec, LiteRT load and a smoke inference; any failure is a :class:`ModelError`.
@@ -40,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from export.score_calibration import ScoreCalibration
 from fedge.core.errors import ModelError
 from fedge.core.files import atomic_write
 
@@ -115,12 +126,14 @@ class ModelManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
+    calibration: ScoreCalibration | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON object."""
         data = asdict(self)
         data["input"]["shape"] = list(self.input.shape)
         data["detector"]["labels"] = list(self.detector.labels)
+        data["calibration"] = None if self.calibration is None else self.calibration.to_json()
         return data
 
     @classmethod
@@ -143,6 +156,8 @@ class ModelManifest:
                 raise ValueError(f"input dtype {input_spec.dtype!r} is not one of {list(_DTYPES)}")
             labels = tuple(str(v) for v in raw_detector.pop("labels"))
             detector = DetectionSpec(labels=labels, **raw_detector)
+            raw_calibration = data.get("calibration")
+            calibration = ScoreCalibration.from_json(raw_calibration) if raw_calibration else None
             sha = str(data["sha256"]).lower()
             if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
                 raise ValueError(f"sha256 {sha!r} is not 64 hex digits")
@@ -156,6 +171,7 @@ class ModelManifest:
                 input=input_spec,
                 detector=detector,
                 metrics=dict(data.get("metrics") or {}),
+                calibration=calibration,
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             detail = f"missing field {err}" if isinstance(err, KeyError) else str(err)
@@ -199,10 +215,12 @@ def make_artifact(
     name: str = DEFAULT_NAME,
     metrics: dict[str, Any] | None = None,
     created: datetime | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> ModelArtifact:
     """Wrap ``model`` (``.tflite`` bytes) in a manifest; the input spec is read from it.
 
-    ``created`` defaults to now (UTC).
+    ``created`` defaults to now (UTC). ``calibration``: the version's measured score
+    meaning (module docstring), if any.
     """
     from export.tflite_export import QUANTIZATIONS
 
@@ -228,6 +246,7 @@ def make_artifact(
         input=InputSpec(shape=shape, dtype=dtype, mean=mean, std=std),  # type: ignore[arg-type]
         detector=detector,
         metrics=dict(metrics or {}),
+        calibration=calibration,
     )
     return ModelArtifact(model=model, manifest=manifest)
 

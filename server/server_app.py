@@ -69,7 +69,11 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_round_end(report: RoundReport) -> None:
         weights = report.arrays.to_numpy_ndarrays()
-        exported = task.export(cfg, report.round, weights, run_dir / "models")
+        # the nodes evaluated these weights this round: their score-bin counts calibrate it
+        evaluations = [client.metrics for client in report.evaluate_clients]
+        exported = task.export(
+            cfg, report.round, weights, run_dir / "models", node_evaluations=evaluations
+        )
         delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
         line = metrics.append(
             report, extra={**dp_noise_stddev(strategy), **exported, **delivered}

@@ -427,6 +427,34 @@ def test_every_round_exports_a_verified_int8_artifact(federated_run: dict) -> No
 
 
 @pytest.mark.slow
+def test_each_artifact_is_calibrated_from_the_nodes_score_bins_of_its_round(
+    federated_run: dict,
+) -> None:
+    from export.artifact import artifact_paths, read_manifest
+    from export.score_calibration import calibrate_scores
+
+    for row in federated_run["rows"]:
+        evals = list(_site_metrics(row, "eval").values())
+        tp = np.sum([e["score-bins-tp"] for e in evals], axis=0)
+        fp = np.sum([e["score-bins-fp"] for e in evals], axis=0)
+        assert tp.sum() + fp.sum() > 0  # the nodes counted their boxes
+        people = int(sum(e["eval-people"] for e in evals))
+        frames = int(sum(e["eval-frames"] for e in evals))
+        expected = calibrate_scores(tp, fp, references=people, frames=frames, nodes=len(evals))
+        _, path = artifact_paths(
+            federated_run["run_dir"] / "models", "person-detector", row["round"]
+        )
+        calibration = read_manifest(path).calibration
+        if expected is None:  # too few true positives yet: the node keeps its defaults
+            assert calibration is None and "calibration-operating-score" not in row
+        else:
+            assert calibration is not None
+            assert list(calibration.true_positives) == tp.tolist()
+            assert calibration.operating_score == expected.operating_score
+            assert row["calibration-uncertain-low"] == expected.uncertain_low
+
+
+@pytest.mark.slow
 def test_replies_carry_only_weights_and_numbers_never_frames(federated_run: dict) -> None:
     shapes = [np.shape(w) for w in federated_run["weights"]]
     weight_bytes = sum(np.asarray(w).nbytes for w in federated_run["weights"])
@@ -436,8 +464,12 @@ def test_replies_carry_only_weights_and_numbers_never_frames(federated_run: dict
     assert kinds == ["evaluate"] * 4 + ["query"] * 4 + ["train"] * 4
     for reply in replies:
         content = reply.content
-        for record in content.metric_records.values():
-            assert all(isinstance(v, int | float) for v in record.values())
+        for record in content.metric_records.values():  # numbers, or 20 score-bin counts
+            assert all(
+                isinstance(v, int | float)
+                or (isinstance(v, list) and len(v) == 20 and all(isinstance(x, int) for x in v))
+                for v in record.values()
+            )
         for record in content.config_records.values():  # the install verdict: short words
             assert all(isinstance(v, str | int | float | bool) for v in record.values())
             assert all(len(v) < 300 for v in record.values() if isinstance(v, str))

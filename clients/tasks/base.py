@@ -59,7 +59,7 @@ class TrainOutcome:
 class EvaluateOutcome:
     """One local evaluation: numbers only, and how many examples they cover."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # numbers, or lists of numbers (MetricRecord values)
     num_examples: int
 
 
@@ -110,7 +110,10 @@ class Task(Protocol):
         server_round: int,
         weights: Sequence[np.ndarray],
         out_dir: str | os.PathLike[str],
+        *,
+        node_evaluations: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, float]:
         """Export the global model after ``server_round`` into ``out_dir``; return figures
-        for the metrics log (empty when the task exports nothing)."""
+        for the metrics log (empty when the task exports nothing). ``node_evaluations``:
+        the nodes' evaluation metrics of these weights (this round's replies)."""
         ...

@@ -11,35 +11,57 @@ ground truth is the cloud label's boxes, and its boxes below the label score flo
 crops, a detection outside them that matches no labelled box is not counted
 (``detector_data.seen_detections``). Frames never leave the node: only the resulting
 numbers do.
+
+Score calibration: :func:`score_bin_counts` counts, per score bin
+(``export.score_calibration.SCORE_BINS``), the boxes that match a labelled person
+one-to-one at IoU 0.5 (best score first) and those that match nothing (a box on a crowd
+region, or where the cloud did not look, counts neither way); the node reports them as
+``score-bins-tp`` / ``score-bins-fp`` (lists of ints) and :func:`calibration_from_metrics`
+sums the nodes' replies into the version's
+:class:`~export.score_calibration.ScoreCalibration`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from clients.tasks.detector_data import DetectorExample, load_input, seen_detections
+from export.score_calibration import SCORE_BINS, ScoreCalibration, calibrate_scores, score_bin
+from fedge.core.geometry import iou_matrix
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec, decode_boxes, generate_anchors
 from models.person_detector import normalize_input
 
 __all__ = [
+    "FP_BINS_KEY",
+    "MATCH_IOU",
     "MAX_DETECTIONS",
     "NMS_IOU",
     "SCORE_FLOOR",
+    "TP_BINS_KEY",
     "FrameDetections",
+    "ScoreBinCounts",
+    "calibration_from_metrics",
     "map50",
     "predict_float",
     "predict_with",
+    "score_bin_counts",
 ]
 
 SCORE_FLOOR = 0.05
 NMS_IOU = 0.5
 MAX_DETECTIONS = 50
 _PERSON_CATEGORY = 1
+MATCH_IOU = 0.5
+TP_BINS_KEY = "score-bins-tp"
+FP_BINS_KEY = "score-bins-fp"
+_PEOPLE_KEY = "eval-people"
+_FRAMES_KEY = "eval-frames"
 
 
 @dataclass(frozen=True)
@@ -159,3 +181,84 @@ def map50(examples: Sequence[DetectorExample], detections: Sequence[FrameDetecti
         evaluation.accumulate()
         evaluation.summarize()
     return max(float(evaluation.stats[1]), 0.0)
+
+
+@dataclass(frozen=True)
+class ScoreBinCounts:
+    """Per score bin, boxes matching a labelled person (``true_positives``) and not
+    (``false_positives``); ``references`` labelled persons in ``frames`` frames."""
+
+    true_positives: list[int]
+    false_positives: list[int]
+    references: int
+    frames: int
+
+    def metrics(self) -> dict[str, list[int]]:
+        """The node's reply entries (``score-bins-tp``, ``score-bins-fp``)."""
+        return {TP_BINS_KEY: list(self.true_positives), FP_BINS_KEY: list(self.false_positives)}
+
+
+def score_bin_counts(
+    examples: Sequence[DetectorExample],
+    detections: Sequence[FrameDetections],
+    bins: int = SCORE_BINS,
+    iou_threshold: float = MATCH_IOU,
+) -> ScoreBinCounts:
+    """Count true and false positives per score bin (module docstring)."""
+    if len(examples) != len(detections):
+        raise ValueError(f"{len(examples)} frames but {len(detections)} detection lists")
+    tp, fp = [0] * bins, [0] * bins
+    references = 0
+    for example, found in zip(examples, detections, strict=True):
+        truth = np.asarray(example.boxes, np.float64).reshape(-1, 4)
+        crowd = np.asarray(example.ignore, np.float64).reshape(-1, 4)
+        references += len(truth)
+        boxes = np.asarray(found.boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        overlaps = iou_matrix(boxes, truth) if len(truth) else np.zeros((len(boxes), 0))
+        judged = seen_detections(example, boxes)
+        if len(crowd):
+            judged &= iou_matrix(boxes, crowd).max(axis=1) < iou_threshold
+        taken = np.zeros(len(truth), bool)
+        for i in np.argsort(-np.asarray(found.scores, np.float64), kind="stable"):
+            k = score_bin(float(found.scores[i]), bins)
+            if len(truth):
+                candidates = np.where(taken, -1.0, overlaps[i])
+                j = int(np.argmax(candidates))
+                if candidates[j] >= iou_threshold:
+                    taken[j] = True
+                    tp[k] += 1
+                    continue
+            if judged[i]:
+                fp[k] += 1
+    return ScoreBinCounts(tp, fp, references, len(examples))
+
+
+def calibration_from_metrics(
+    replies: Sequence[Mapping[str, Any]], **options: Any
+) -> ScoreCalibration | None:
+    """Sum the nodes' ``score-bins-*`` counts and calibrate (``None``: no or too few counts).
+
+    ``replies`` are the nodes' evaluation metrics of one round (replies without the counts,
+    or with another number of bins than the first, are skipped); ``options`` go to
+    :func:`export.score_calibration.calibrate_scores`.
+    """
+    tp: np.ndarray | None = None
+    fp: np.ndarray | None = None
+    references = frames = nodes = 0
+    for reply in replies:
+        if TP_BINS_KEY not in reply or FP_BINS_KEY not in reply:
+            continue
+        node_tp = np.asarray(reply[TP_BINS_KEY], np.float64).ravel()
+        node_fp = np.asarray(reply[FP_BINS_KEY], np.float64).ravel()
+        if node_tp.shape != node_fp.shape or (tp is not None and node_tp.shape != tp.shape):
+            continue
+        tp = node_tp if tp is None else tp + node_tp
+        fp = node_fp if fp is None else fp + node_fp
+        references += int(reply.get(_PEOPLE_KEY, 0))
+        frames += int(reply.get(_FRAMES_KEY, 0))
+        nodes += 1
+    if tp is None or fp is None or not len(tp):
+        return None
+    return calibrate_scores(tp, fp, references=references, frames=frames, nodes=nodes, **options)

@@ -121,6 +121,8 @@ class FashionMnistTask:
         server_round: int,
         weights: Sequence[np.ndarray],
         out_dir: str | os.PathLike[str],
+        *,
+        node_evaluations: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, float]:
         """Nothing to export: the research task has no deployed model."""
         return {}

@@ -40,7 +40,10 @@ held-out frames: ``eval_map50`` for the float model, and, on every
 ``detector-int8-eval-every``-th round and the last, ``eval_map50_int8`` for the full-int8
 TFLite the export helper builds (``export.tflite_export``), calibrated on this node's
 training frames and run in LiteRT through ``clients.detector.Detector``. Both happen on
-the node: the int8 accuracy drop is measured without any frame leaving it.
+the node: the int8 accuracy drop is measured without any frame leaving it. The reply also
+carries the score calibration counts (``score-bins-tp`` / ``score-bins-fp``: per score
+bin, boxes matching a labelled person and not; :func:`clients.tasks.detector_eval.score_bin_counts`)
+of the int8 model when it was measured, else of the float one.
 
 Server side
 -----------
@@ -50,11 +53,16 @@ No central evaluation (the cloud holds no site's frames). After each round
 directory's ``models/``. Its batch-norm statistics are re-estimated, and int8 is
 calibrated, on up to :data:`CALIBRATION_FRAMES` frames of ``detector-calibration-dir``
 (frames the operator kept, e.g. uploads in ``frames``/``crops`` mode) or, when that is
-empty, of the sample clip fedge ships, so no site's pixel is needed.
+empty, of the sample clip fedge ships, so no site's pixel is needed. The nodes'
+evaluation replies of the same round (they evaluated exactly the exported weights) are
+summed into the artifact's score calibration (``export.score_calibration``: operating
+score, uncertainty band), which the edge's hard-case selection follows per version; with
+too few counts the artifact has none and nodes keep their defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -75,7 +83,15 @@ from clients.tasks.detector_data import (
     list_examples,
     load_input,
 )
-from clients.tasks.detector_eval import MAX_DETECTIONS, SCORE_FLOOR, map50, predict_float
+from clients.tasks.detector_eval import (
+    MAX_DETECTIONS,
+    SCORE_FLOOR,
+    FrameDetections,
+    calibration_from_metrics,
+    map50,
+    predict_float,
+    score_bin_counts,
+)
 from fedge.core.errors import ConfigError, StoreError
 from fedge.core.run_config import RunConfig
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec
@@ -374,22 +390,29 @@ class PersonDetectorTask:
         trainer = _node_trainer(cfg.cpu_threads)
         trainer.set_weights(weights)
         trainer.recompute_statistics(examples.train or held_out)
-        metrics = {
-            "eval_map50": map50(held_out, predict_float(trainer.model, held_out, trainer.spec)),
+        found = predict_float(trainer.model, held_out, trainer.spec)
+        metrics: dict[str, Any] = {
+            "eval_map50": map50(held_out, found),
             "eval-frames": float(len(held_out)),
             "eval-people": float(people),
         }
         if int8_due(cfg, server_round):
-            metrics.update(self._int8_metrics(trainer, examples))
+            int8_metrics, int8_found = self._int8_metrics(trainer, examples)
+            metrics.update(int8_metrics)
+            found = int8_found or found
+        metrics.update(score_bin_counts(held_out, found).metrics())
         return EvaluateOutcome(metrics, len(held_out))
 
-    def _int8_metrics(self, trainer: DetectorTrainer, examples: NodeExamples) -> dict[str, float]:
-        """int8 mAP on the node (empty when the export module is not installed)."""
+    def _int8_metrics(
+        self, trainer: DetectorTrainer, examples: NodeExamples
+    ) -> tuple[dict[str, float], list[FrameDetections]]:
+        """int8 mAP on the node and the int8 detections (empty when the export module is
+        not installed)."""
         try:
             from export.tflite_export import PostProcessOptions, export_tflite
         except ImportError:
             log.warning("export.tflite_export is missing: int8 mAP not measured")
-            return {}
+            return {}, []
         from clients.detector import Detector, DetectorSpec
         from clients.tasks.detector_eval import predict_with
 
@@ -409,11 +432,12 @@ class PersonDetectorTask:
         )
         detector = Detector(model, spec, num_threads=1)
         found = predict_with(detector.detect, examples.held_out)
-        return {
+        metrics = {
             "eval_map50_int8": map50(examples.held_out, found),
             "int8-bytes": float(len(model)),
             "int8-export-seconds": seconds,
         }
+        return metrics, found
 
     def central_evaluation(self, cfg: RunConfig) -> None:
         """None: the cloud holds no site's frames; the nodes report mAP."""
@@ -425,11 +449,16 @@ class PersonDetectorTask:
         server_round: int,
         weights: Sequence[np.ndarray],
         out_dir: str | os.PathLike[str],
+        *,
+        node_evaluations: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, float]:
         """Write the global model after ``server_round`` as an artifact in ``out_dir``.
 
-        Returns ``export-bytes`` and ``export-seconds`` (nothing when ``detector-export``
-        is none or the export module is not installed).
+        ``node_evaluations`` are the nodes' evaluation metrics of these weights (this
+        round's replies): their score-bin counts become the artifact's calibration.
+        Returns ``export-bytes`` and ``export-seconds``, and with a calibration
+        ``calibration-operating-score`` and ``calibration-uncertain-low``/``-high``
+        (nothing when ``detector-export`` is none or the export module is not installed).
         """
         if cfg.detector_export == "none":
             return {}
@@ -455,19 +484,33 @@ class PersonDetectorTask:
             postprocess=options,
         )
         seconds = time.perf_counter() - began
+        calibration = calibration_from_metrics(node_evaluations)
+        detector = DetectionSpec(
+            num_anchors=DEFAULT_ANCHORS.num_anchors,
+            max_detections=options.max_detections,
+            nms_iou_threshold=options.iou_threshold,
+        )
+        if calibration is not None:
+            detector = dataclasses.replace(detector, score_threshold=calibration.operating_score)
         artifact = make_artifact(
             content,
             version=server_round,
             quantization=cfg.detector_export,
-            detector=DetectionSpec(
-                num_anchors=DEFAULT_ANCHORS.num_anchors,
-                max_detections=options.max_detections,
-                nms_iou_threshold=options.iou_threshold,
-            ),
+            detector=detector,
             metrics={"export_seconds": round(seconds, 3), "calibration_frames": len(frames)},
+            calibration=calibration,
         )
         write_artifact(out_dir, artifact)
-        return {"export-bytes": float(len(content)), "export-seconds": seconds}
+        figures = {"export-bytes": float(len(content)), "export-seconds": seconds}
+        if calibration is not None:
+            figures.update(
+                {
+                    "calibration-operating-score": calibration.operating_score,
+                    "calibration-uncertain-low": calibration.uncertain_low,
+                    "calibration-uncertain-high": calibration.uncertain_high,
+                }
+            )
+        return figures
 
 
 def _server_calibration(cfg: RunConfig) -> list[np.ndarray]:

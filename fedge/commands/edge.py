@@ -359,6 +359,10 @@ def _run(args: argparse.Namespace) -> int:
         top_down = _top_down(args, follower)
         labels = _detector_labels(detector, person_model=top_down)
         selector = HardCaseSelector(policy, detector_labels=labels, cold_start=not top_down)
+        if follower is not None and follower.active is not None:  # its calibrated thresholds
+            from clients.hot_swap import apply_version
+
+            apply_version(follower.active, pose or [], selector)
         jsonl = JsonlSink(args.jsonl) if args.jsonl else None
         video = VideoSink(args.out, capture.fps) if args.out else None
         if uplink is not None and store is not None:
