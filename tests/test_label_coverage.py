@@ -16,6 +16,7 @@ import pytest
 
 from clients.privacy_filter import PrivacyFilter, case_coverage
 from clients.tasks.detector_data import (
+    UNSEEN_BACKGROUND_WEIGHT,
     ExampleRules,
     StoreBatches,
     covered_share,
@@ -156,26 +157,33 @@ def test_frames_mode_targets_are_the_plain_encoding() -> None:
     assert (targets[:, 4] == 0).sum() > 0.9 * len(targets)  # nearly everything is background
 
 
-def test_crops_mode_trains_no_background_outside_the_crops() -> None:
+def _full_background(targets: np.ndarray) -> np.ndarray:
+    return (targets[:, 4] == 0) & (targets[:, 5] == 1.0)
+
+
+def test_crops_mode_trains_full_background_only_inside_the_crops() -> None:
     crop = np.array([CROP]) / SIZE
     share = covered_share(_anchor_corners(), crop)
 
     crops, frames = _targets(crop), _targets(None)
 
-    background = crops[:, 4] == 0
+    background = _full_background(crops)
     assert background.any(), "the crop's own anchors should still be background"
-    assert (share[background] >= 0.6).all()  # background only where the cloud looked
-    assert not background[share == 0].any()  # anchors wholly outside: never background
-    outside = share < 0.6
-    assert (frames[outside, 4] == 0).sum() > 1000  # frames mode taught them as background
+    assert (share[background] >= 0.6).all()  # full weight only where the cloud looked
+    assert not background[share == 0].any()  # anchors wholly outside: never full weight
+    outside = (share < 0.6) & (crops[:, 4] == 0)
+    assert outside.sum() > 1000  # ... but a weak background, not ignored
+    assert (crops[outside, 5] == UNSEEN_BACKGROUND_WEIGHT).all()
+    assert (frames[share < 0.6, 4] == 0).sum() > 1000  # frames mode: full background
     np.testing.assert_array_equal(crops[:, 4] == 1, frames[:, 4] == 1)  # same positives
     np.testing.assert_array_equal(crops[crops[:, 4] == 1], frames[frames[:, 4] == 1])
 
 
-def test_landmarks_mode_trains_its_boxes_and_no_background() -> None:
+def test_landmarks_mode_trains_its_boxes_and_only_a_weak_background() -> None:
     landmarks, frames = _targets(np.zeros((0, 4))), _targets(None)
 
-    assert not (landmarks[:, 4] == 0).any()
+    assert not _full_background(landmarks).any()
+    assert (landmarks[landmarks[:, 4] == 0, 5] == UNSEEN_BACKGROUND_WEIGHT).all()
     np.testing.assert_array_equal(landmarks[landmarks[:, 4] == 1], frames[frames[:, 4] == 1])
 
 
@@ -228,12 +236,12 @@ def test_batches_of_a_crops_label_keep_background_inside_the_crop(
 
     crop_targets, frame_targets = targets(crops), targets(frames)
 
-    crop_background = (crop_targets[:, 4] == 0).sum()
+    crop_background = _full_background(crop_targets).sum()
     # the crop is 15 % of the frame (31 % at the strongest zoom of the crop jitter)
-    assert 0 < crop_background < 0.5 * (frame_targets[:, 4] == 0).sum()
-    if not augmentation:  # the same view: background exactly where the crop is
+    assert 0 < crop_background < 0.5 * _full_background(frame_targets).sum()
+    if not augmentation:  # the same view: full background exactly where the crop is
         share = covered_share(_anchor_corners(), np.array([CROP]) / SIZE)
-        assert (share[crop_targets[:, 4] == 0] >= 0.6).all()
+        assert (share[_full_background(crop_targets)] >= 0.6).all()
     assert (crop_targets[:, 4] == 1).sum() == (frame_targets[:, 4] == 1).sum() > 0
 
 

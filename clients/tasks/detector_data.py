@@ -15,7 +15,12 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
   of it (the part in the frame) lies in one crop, so a person the cloud never saw
   overlaps it by less than ``negative_iou`` and the anchor would be background in a
   whole-frame label too; nowhere for a ``landmarks`` case (only its boxes train, and a
-  label with no box there is skipped). Anchors outside are ignored, not background.
+  label with no box there is skipped). Anchors outside are background of weight
+  :data:`UNSEEN_BACKGROUND_WEIGHT` (0.1), not ignored: with crops alone no anchor too big
+  for a crop ever saw a negative, and the detector learnt to call large boxes people
+  everywhere (measured: 27-50 boxes >= 0.5 per frame after 1-2 demo rounds, against
+  ~6 people); most of a camera's view is background, and the low weight keeps a person
+  the cloud did not see from counting much.
 - **The node's own confident boxes** on frames without a label: BlazePose person boxes
   (``persons``, score >= ``pose_min_score``) and the node's detector boxes (``detections``
   labelled ``person``, score >= ``self_min_score``), weight ``own_weight`` (0.5 by
@@ -67,6 +72,7 @@ from models.box_coding import (
 from models.person_detector import frame_to_input, normalize_input
 
 __all__ = [
+    "UNSEEN_BACKGROUND_WEIGHT",
     "CLOUD_WEIGHT",
     "DetectorExample",
     "ExampleRules",
@@ -90,6 +96,8 @@ CLOUD_WEIGHT = 1.0
 PERSON = "person"
 CROP_SCALE = (0.7, 1.0)
 MIN_VISIBLE = 0.5
+UNSEEN_BACKGROUND_WEIGHT = 0.1
+"""Loss weight of a background anchor outside what the cloud saw (module docstring)."""
 PHOTOMETRIC = {"contrast": 0.25, "saturation": 0.25, "brightness": 20.0}
 
 
@@ -384,6 +392,7 @@ def example_targets(
     *,
     negative_iou: float = 0.4,
     coverage: np.ndarray | None = None,
+    unseen_weight: float = UNSEEN_BACKGROUND_WEIGHT,
 ) -> np.ndarray:
     """Targets ``(num_anchors, 6)`` of one example (boxes normalized to the input).
 
@@ -391,7 +400,7 @@ def example_targets(
     ignored region by ``negative_iou`` or more, all of them when ``background`` is
     false, and, with ``coverage`` (regions the labeller saw; ``None``: all), those of
     which less than ``1 - negative_iou`` (of the part in the input) lies in one region,
-    are marked ignored (label -1).
+    are background of weight ``unseen_weight`` (0: ignored, label -1).
     """
     targets = encode_targets(boxes, spec, weights=weights, negative_iou=negative_iou)
     negative = targets[:, 4] == 0.0
@@ -404,7 +413,10 @@ def example_targets(
     if coverage is not None:
         anchors = np.clip(_anchor_corners(spec), 0.0, 1.0)  # nothing lies outside the input
         unseen = covered_share(anchors, np.asarray(coverage, np.float64)) < 1.0 - negative_iou
-        targets[negative & unseen, 4] = -1.0
+        if unseen_weight > 0:
+            targets[negative & unseen, 5] = unseen_weight
+        else:
+            targets[negative & unseen, 4] = -1.0
     return targets
 
 
