@@ -14,9 +14,10 @@ A frame qualifies when the node's own models are unsure of it:
 - ``small_margin``: two overlapping boxes of different labels score almost the same;
 - ``cold_start``: the node has no person detector yet (``cold_start=True``), so the
   detector's uncertainty is undefined: a sample of frames, at most
-  ``cold_start_per_minute`` and never one that looks like a recent hard case, goes to
-  the cloud so its labels can train the first model. Once a detector is installed the
-  node selects by uncertainty alone.
+  ``cold_start_per_minute`` (a budget of its own, beside the hard-case rate limit) and
+  never one that looks like a recent hard case, goes to the cloud so its labels can
+  train the first model. Once a detector is installed the node selects by uncertainty
+  alone.
 
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
@@ -392,16 +393,17 @@ class HardCaseSelector:
 
     def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
         """No person detector yet, so its uncertainty is undefined: send a sample of the
-        frames, at most ``cold_start_per_minute`` (also within the hard-case rate limit)
-        and none that looks like a recent hard case. A frame not sampled is simply not
-        hard (no ``suppressed`` reason is recorded for a sample)."""
+        frames, at most ``cold_start_per_minute`` (its own budget: the hard-case rate
+        limit is for frames selected by uncertainty, and taking from it too would cap
+        ``cold_start_per_minute`` at ``max_per_minute`` without saying so) and none that
+        looks like a recent hard case. A frame not sampled is simply not hard (no
+        ``suppressed`` reason is recorded for a sample)."""
         if not self._cold_bucket.peek(frame_time):
             return HardCaseDecision()
         fingerprint = dhash(image, self.policy.dedup_hash_size)
-        if self._is_duplicate(fingerprint, frame_time) or not self._bucket.peek(frame_time):
+        if self._is_duplicate(fingerprint, frame_time):
             return HardCaseDecision()
         self._cold_bucket.take(frame_time)
-        self._bucket.take(frame_time)
         self._recent.append((frame_time, fingerprint))
         self.stats.reasons[Reason.COLD_START] = self.stats.reasons.get(Reason.COLD_START, 0) + 1
         self.stats.hard += 1

@@ -252,6 +252,21 @@ def test_cold_start_with_a_proposer_spends_its_sample_only_on_frames_with_candid
     assert first.hard and first.reasons == (Reason.COLD_START,)
 
 
+def test_cold_start_has_its_own_budget_beside_the_hard_case_rate_limit() -> None:
+    # Prepare: cold start allowed 30 a minute, hard cases 6 a minute (burst 3)
+    policy = HardCasePolicy(max_per_minute=6, burst=3, cold_start_per_minute=30)
+    clock = FakeClock()
+    selector = HardCaseSelector(policy, {"face"}, clock=clock, cold_start=True)
+    rng = np.random.default_rng(4)
+    # Execute: one minute at 2 FPS of distinct frames
+    sampled = 0
+    for _ in range(120):
+        sampled += selector.decide(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), [], []).hard
+        clock.advance(0.5)
+    # Assert: the cold-start budget, not the 6 + 3 of the hard-case limit
+    assert 28 <= sampled <= 31
+
+
 def test_dhash_is_stable_under_noise_and_changes_with_content(scene: np.ndarray) -> None:
     noisy = cv2.add(scene, np.full(scene.shape, 3, dtype=np.uint8))
     flipped = cv2.flip(scene, 1)
