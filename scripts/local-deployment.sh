@@ -245,12 +245,11 @@ print(cfg.detector_export)
 print(task_defaults)
 PY
 )" || exit 1
-{
-    read -r run_dir
-    read -r task
-    read -r detector_export
-    read -r task_run_config
-} <<<"$config_facts"
+mapfile -t facts <<<"$config_facts"  # (the last line is empty for fashion-mnist)
+run_dir="${facts[0]}"
+task="${facts[1]:-}"
+detector_export="${facts[2]:-}"
+task_run_config="${facts[3]:-}"
 run_config_args=(--run-config "$default_run_config")
 if [[ -n "$task_run_config" ]]; then run_config_args+=(--run-config "$task_run_config"); fi
 for item in ${run_config_items[@]+"${run_config_items[@]}"}; do
