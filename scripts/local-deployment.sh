@@ -592,8 +592,8 @@ def labelled(sites: int, work: Path, least: int) -> None:
 
 
 def rounds(run_dir: Path, sites: int) -> None:
-    """Every round trained on every site and its model was installed on every site;
-    print the last round's version."""
+    """Every site sampled in a round trained, and every round's model was installed on
+    every site; print the last round's version and its label."""
     from server.metrics_log import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -602,8 +602,12 @@ def rounds(run_dir: Path, sites: int) -> None:
     for row in rows:
         r = row["round"]
         trained = len(row.get("clients", []))
-        if trained != sites:
-            fail(f"round {r} trained on {trained} of {sites} sites; see logs/supernode-*.log")
+        lost = sorted(set(row.get("failed_nodes", []) + row.get("rejected_nodes", [])))
+        if lost or not trained:
+            fail(
+                f"round {r}: {trained} sites trained, nodes {lost} failed or were rejected; "
+                "see logs/supernode-*.log and logs/flwr-run.log"
+            )
         model = row.get("model")
         if not model:
             fail(f"round {r} exported no model to send (detector-export?); see logs/flwr-run.log")

@@ -86,8 +86,11 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Run the script once; its exit code, output, work dir, ports and run time."""
+def deployment(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict:
+    """Run the script once; its exit code, output, work dir, ports and run time.
+
+    The agents and the cloud use the pretrained models of ``model_dir`` (fetched once).
+    """
     tmp_path = tmp_path_factory.mktemp("detector-deployment")
     work_dir = tmp_path / "work"
     ports = SITES + 2  # SuperLink, SuperNodes, fedge cloud
@@ -101,7 +104,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     began = time.monotonic()
     with output.open("w") as out:
         proc = subprocess.Popen(
-            command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "FEDGE_MODEL_DIR": str(model_dir)},
         )
         try:
             proc.wait(timeout=RUN_TIMEOUT_S)
