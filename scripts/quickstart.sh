@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install fedge, then run the main job on the embedded
-# samples: federated training (4 simulated clients, 3 rounds, Fashion-MNIST slice) and
-# the edge node on the bundled pedestrian clip (pose + face SSD, hard cases, local store).
+# sample: `fedge demo`, the whole edge/cloud loop on the bundled pedestrian clip (3 camera
+# sites, fedge cloud on loopback, a SuperLink and a SuperNode per site, 3 Flower rounds of
+# the person detector, int8 export, verified install and live swap on every site).
+# FEDGE_OUT picks the output folder (default outputs/demo; replaced on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source .venv/bin/activate
-out=${FEDGE_OUT:-outputs/quickstart}
-mkdir -p "$out"
-fedge simulate --num-supernodes 4 --set num-server-rounds=3 --set local-epochs=2 \
-  --set output-dir="$(pwd)/$out/federated" --set run-name=quickstart
+out=${FEDGE_OUT:-outputs/demo}
+rm -rf "$out"
 fedge models fetch
-fedge edge --max-frames 120 --jsonl "$out/edge.jsonl" --out "$out/edge-annotated.mp4" \
-  --store-dir "$out/frame-store"
+fedge demo --out "$out"
 echo
-echo "Federated metrics: $out/federated/quickstart/metrics.jsonl"
-echo "Edge results:      $out/edge.jsonl, $out/edge-annotated.mp4, $out/frame-store/"
+echo "Per round: $out/rounds.jsonl; report and plots: $out/report.md, $out/plots/"

@@ -32,7 +32,8 @@ from fedge.core.records import Detection, FrameResult
 __all__ = ["HeldOut", "ModelScore", "label_held_out", "score_detect", "score_installed"]
 
 PERSON_MIN_SCORE = 0.5
-"""A box counts as a found person from this score (top-down pose poses these boxes)."""
+"""A box counts as a found person from this score when its version has no calibration
+(a calibrated version brings its own operating score, as on the node)."""
 
 
 @dataclass(frozen=True)
@@ -89,19 +90,27 @@ def label_held_out(
     return HeldOut(site, examples, found / max(1, len(frames)), label_floor)
 
 
-def score_detect(detect: Callable[[np.ndarray], Sequence[Detection]], held: HeldOut) -> ModelScore:
-    """mAP@0.5 and persons per frame of any detector function on ``held``."""
+def score_detect(
+    detect: Callable[[np.ndarray], Sequence[Detection]],
+    held: HeldOut,
+    person_score: float = PERSON_MIN_SCORE,
+) -> ModelScore:
+    """mAP@0.5 and persons per frame (boxes from ``person_score``) of any detector
+    function on ``held``."""
     found = predict_with(detect, held.examples)
     value = map50(held.examples, found)
-    persons = sum(int(np.sum(f.scores >= PERSON_MIN_SCORE)) for f in found)
+    persons = sum(int(np.sum(f.scores >= person_score)) for f in found)
     return ModelScore(
         0.0 if np.isnan(value) else float(value), persons / max(1, len(held.examples))
     )
 
 
 def score_installed(model_path: Path, manifest_path: Path, held: HeldOut) -> ModelScore:
-    """Score the installed artifact as the agent runs it (LiteRT, its manifest's spec)."""
+    """Score the installed artifact as the agent runs it (LiteRT, its manifest's spec; a
+    box counts as a person from the version's calibrated operating score)."""
     manifest = read_manifest(manifest_path)
+    calibration = getattr(manifest, "calibration", None)
+    person_score = PERSON_MIN_SCORE if calibration is None else calibration.operating_score
     spec = DetectorSpec(
         labels=tuple(manifest.detector.labels),
         score_threshold=SCORE_FLOOR,
@@ -110,7 +119,7 @@ def score_installed(model_path: Path, manifest_path: Path, held: HeldOut) -> Mod
         max_detections=min(MAX_DETECTIONS, manifest.detector.max_detections),
     )
     detector = Detector(model_path, spec, num_threads=1)
-    return score_detect(detector.detect, held)
+    return score_detect(detector.detect, held, person_score)
 
 
 def pose_detect(pose: Any) -> Callable[[np.ndarray], list[Detection]]:

@@ -87,13 +87,14 @@ class DemoOptions:
     privacy: str = "crops"
     fusion: str = "mean"
     size: tuple[int, int] | None = (640, 480)
-    local_epochs: int = 8
+    local_epochs: int = 15
     batch_size: int = 4
     learning_rate: float = 0.01
     held_out_share: float = 0.2
-    hard_per_minute: float = 30.0
-    cold_start_per_minute: float = 120.0
-    dedup_window_s: float = 2.0
+    hard_per_minute: float = 60.0
+    cold_start_per_minute: float = 600.0
+    dedup_window_s: float = 300.0
+    dedup_distance: int = 2
     max_persons: int = 4
     seed: int = 0
     model_dir: str | None = None
@@ -122,6 +123,7 @@ def _policy(options: DemoOptions) -> HardCasePolicy:
         max_per_minute=options.hard_per_minute,
         cold_start_per_minute=options.cold_start_per_minute,
         dedup_window_s=options.dedup_window_s,
+        dedup_max_distance=options.dedup_distance,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -144,6 +146,8 @@ def check_options(options: DemoOptions) -> None:
         )
     if options.fusion not in FUSION_METHODS:
         raise ConfigError(f"--fusion must be one of {', '.join(FUSION_METHODS)}")
+    if options.dedup_distance < 0:
+        raise ConfigError(f"--dedup-distance must be 0 or more, got {options.dedup_distance}")
     for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
@@ -182,7 +186,7 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
         "strategy": "fedavg",
         "min-available-nodes": options.sites,
         "fraction-train": 1.0,
-        "fraction-evaluate": 0.0,  # the demo scores every site's model itself
+        "fraction-evaluate": 1.0,  # the nodes' held-out score bins calibrate each version
         "local-epochs": options.local_epochs,
         "detector-batch-size": options.batch_size,
         "detector-learning-rate": options.learning_rate,

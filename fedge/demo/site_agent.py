@@ -52,7 +52,7 @@ class StageReport:
     labelled: int = 0
     bytes_up: int = 0
     persons: int = 0  # posed persons over the stretch
-    boxes: int = 0  # person boxes scoring >= the pose threshold over the stretch
+    boxes: int = 0  # person boxes from the version's operating score over the stretch
     fps: float = 0.0
     latency_ms: float = 0.0
     model_version: str = ""
@@ -160,10 +160,10 @@ class SiteAgent:
                 f"{timeout:.0f} s (running: {self.version or 'none'}; {rejected})"
             )
 
-    def run_stage(
-        self, frames: Sequence[StagedFrame], timeout: float, min_box_score: float = 0.5
-    ) -> StageReport:
+    def run_stage(self, frames: Sequence[StagedFrame], timeout: float) -> StageReport:
         """Process ``frames``, then wait for the cloud's labels of their hard cases."""
+        active = self.follower.active
+        min_box_score = 0.5 if active is None else active.operating_score
         before = _uplink_counts(self.uploader)
         with self._lock:
             first = len(self._results)
