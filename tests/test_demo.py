@@ -90,6 +90,7 @@ def test_sites_are_disjoint_time_segments_with_held_out_frames_never_streamed() 
         assert min(streamed + list(site.held_out)) >= site.start
         assert max(streamed + list(site.held_out)) < site.stop
         assert max(streamed) < min(site.held_out)  # held out after the streamed frames
+        assert len(site.stretches[0]) == 26 and {len(s) for s in site.stretches[1:]} == {12}
         assert not seen & (set(streamed) | set(site.held_out))
         seen |= set(streamed) | set(site.held_out)
 
@@ -132,7 +133,7 @@ def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) 
 def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     tmp_path: Path,
 ) -> None:
-    # Prepare: 60 frames, 2 sites x (3 stretches of 8 frames + 6 held out)
+    # Prepare: 60 frames, 2 sites x (stretches of 10, 7 and 7 frames + 6 held out)
     source = _frames_folder(tmp_path / "frames", 60)
     out = tmp_path / "out"
 
@@ -152,7 +153,7 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
             assert math.isfinite(line[key]), (key, line[key])
         assert set(line["map50"]) == {"site-0", "site-1"}
         assert all(math.isfinite(v) for v in line["persons_per_frame"]["per_site"].values())
-        assert line["frames"] == 16
+        assert line["frames"] == 2 * (10 if line["round"] == 0 else 7)  # the plan's stretches
     assert lines[0]["model_version"].startswith("none")
     assert [line["model_version"] for line in lines[1:]] == [
         "person-detector-v1",

@@ -65,6 +65,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--local-epochs", type=int, default=15, metavar="N", help="local epochs per round (15)"
     )
+    parser.add_argument(
+        "--cold-start-share",
+        type=float,
+        default=0.4,
+        metavar="F",
+        help="share of each site's streamed frames seen in round 0, before any detector "
+        "(0.4; the other rounds split the rest)",
+    )
     policy = parser.add_argument_group(
         "hard-case policy",
         "on the video's clock; the defaults compress time: the bundled clip is 24 s long, "
@@ -158,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         cold_start_per_minute=args.cold_start_per_minute,
         dedup_window_s=args.dedup_window,
         dedup_distance=args.dedup_distance,
+        cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,
         seed=args.seed,
         model_dir=args.model_dir,

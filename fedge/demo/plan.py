@@ -8,6 +8,8 @@ evaluation only (they are never stored on the node, never uploaded and never tra
 on), and splits the rest into ``rounds + 1`` consecutive **stretches**: stretch ``r`` is
 what the site's camera sees while it runs model version ``r`` (``0``: no detector yet),
 so the hard-case rate of each round is measured on frames no model has trained on.
+Stretch 0 (cold start) takes ``cold_start_share`` of them: the first model can only
+learn from the labels of the cold-start sample; the others split the rest equally.
 """
 
 from __future__ import annotations
@@ -59,7 +61,13 @@ class DemoPlan:
         )
 
 
-def plan_sites(frames: int, sites: int, rounds: int, held_out_share: float = 0.2) -> DemoPlan:
+def plan_sites(
+    frames: int,
+    sites: int,
+    rounds: int,
+    held_out_share: float = 0.2,
+    cold_start_share: float = 0.4,
+) -> DemoPlan:
     """Cut ``frames`` source frames into ``sites`` sites (module docstring).
 
     Raises
@@ -74,12 +82,15 @@ def plan_sites(frames: int, sites: int, rounds: int, held_out_share: float = 0.2
         raise ConfigError(f"--rounds must be 1 or more, got {rounds}")
     if not 0.0 < held_out_share < 1.0:
         raise ConfigError(f"the held-out share must lie in (0, 1), got {held_out_share}")
+    if not 0.0 < cold_start_share < 1.0:
+        raise ConfigError(f"the cold-start share must lie in (0, 1), got {cold_start_share}")
     per_site = frames // sites
     held = int(round(per_site * held_out_share))
     stream = per_site - held
-    per_stretch = stream // (rounds + 1)
+    first = max(int(round(stream * cold_start_share)), MIN_STRETCH)
+    per_stretch = (stream - first) // rounds
     if per_stretch < MIN_STRETCH or held < MIN_HELD_OUT:
-        need = _frames_needed(sites, rounds, held_out_share)
+        need = _frames_needed(sites, rounds, held_out_share, cold_start_share)
         raise ConfigError(
             f"the source has {frames} frames: too few for {sites} sites and {rounds} rounds "
             f"(each site needs {rounds + 1} stretches of at least {MIN_STRETCH} frames and "
@@ -89,18 +100,20 @@ def plan_sites(frames: int, sites: int, rounds: int, held_out_share: float = 0.2
     plans = []
     for site in range(sites):
         start = site * per_site
-        stretches = tuple(
-            tuple(range(start + r * per_stretch, start + (r + 1) * per_stretch))
-            for r in range(rounds + 1)
+        stretches = (tuple(range(start, start + first)),) + tuple(
+            tuple(range(start + first + r * per_stretch, start + first + (r + 1) * per_stretch))
+            for r in range(rounds)
         )
         held_out = tuple(range(start + per_site - held, start + per_site))
         plans.append(SitePlan(site, start, start + per_site, stretches, held_out))
     return DemoPlan(frames, tuple(plans), rounds)
 
 
-def _frames_needed(sites: int, rounds: int, held_out_share: float) -> int:
+def _frames_needed(sites: int, rounds: int, held_out_share: float, cold_start_share: float) -> int:
     for per_site in range(1, 1_000_000):
         held = int(round(per_site * held_out_share))
-        if held >= MIN_HELD_OUT and (per_site - held) // (rounds + 1) >= MIN_STRETCH:
+        stream = per_site - held
+        first = max(int(round(stream * cold_start_share)), MIN_STRETCH)
+        if held >= MIN_HELD_OUT and (stream - first) // rounds >= MIN_STRETCH:
             return per_site * sites
     raise AssertionError("unreachable")

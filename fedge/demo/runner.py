@@ -91,6 +91,7 @@ class DemoOptions:
     batch_size: int = 4
     learning_rate: float = 0.01
     held_out_share: float = 0.2
+    cold_start_share: float = 0.4
     hard_per_minute: float = 60.0
     cold_start_per_minute: float = 600.0
     dedup_window_s: float = 300.0
@@ -280,7 +281,9 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
     out = options.out.resolve()
     say("reading the source", 0.0)
     paths, fps = read_source(options, out / "frames")
-    plan = plan_sites(len(paths), options.sites, options.rounds, options.held_out_share)
+    plan = plan_sites(
+        len(paths), options.sites, options.rounds, options.held_out_share, options.cold_start_share
+    )
     (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=1))
     epoch = time.time()
     keep = [s.stretches[r][len(s.stretches[r]) // 2] for s in plan.sites[:1] for r in (0,)]
