@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=VTEST)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--local-epochs", type=int, default=8)
+    parser.add_argument("--local-epochs", type=int, default=15)
     parser.add_argument("--privacy", default="crops")
     parser.add_argument("--fusion", default="mean")
     parser.add_argument("--cold-start-share", type=float, default=0.2)
