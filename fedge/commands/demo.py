@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
     policy = parser.add_argument_group(
         "hard-case policy",
         "on the video's clock; the defaults compress time: the bundled clip is 24 s long, "
-        "so each site sees under 10 s of video (fedge edge's defaults: 6, 2, 300 s, 6)",
+        "so each site sees under 10 s of video (fedge edge's defaults: 6, 2, 300 s, 6 bits)",
     )
     policy.add_argument(
         "--hard-per-minute",
@@ -102,10 +102,10 @@ def register(subparsers: Any) -> None:
     policy.add_argument(
         "--dedup-distance",
         type=int,
-        default=2,
+        default=0,
         metavar="BITS",
-        help="... 'like' = dHash within BITS bits (2; people walking across a still camera's "
-        "view barely change a whole-frame hash)",
+        help="... 'like' = dHash within BITS bits (0: only a repeated frame; people walking "
+        "across a still camera's view barely change a whole-frame hash)",
     )
     parser.add_argument(
         "--max-persons",

@@ -95,7 +95,7 @@ class DemoOptions:
     hard_per_minute: float = 60.0
     cold_start_per_minute: float = 600.0
     dedup_window_s: float = 300.0
-    dedup_distance: int = 2
+    dedup_distance: int = 0
     max_persons: int = 4
     seed: int = 0
     model_dir: str | None = None
