@@ -30,6 +30,7 @@ import csv
 import json
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from edge_fps import CONTENDED, _busy_jiffies, other_load  # noqa: E402
+from edge_fps import _busy_jiffies, other_load  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 __all__ = ["fusion_scores", "main", "round_rows"]
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     def progress(text: str, done: float) -> None:
         print(f"[{100 * done:3.0f}%] {text}", flush=True)
 
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # run_demo's cleanup stops every process it started
+
+    signal.signal(signal.SIGTERM, interrupt)
     result = run_demo(options, progress)
     fusion = fusion_scores([work / "sites" / s.name / "store" for s in result.plan.sites],
                            build_teacher())  # fmt: skip
@@ -242,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
         f"{args.local_epochs} local epochs; run {time.strftime('%Y-%m-%d %H:%M')} in "
         f"{seconds / 60:.1f} min"
-        + ("" if others is None else f"; other processes used {others:.0%} of the CPU")
+        + (
+            ""
+            if others is None
+            else f"; processes outside this one and its direct children (the SuperNodes' "
+            f"ClientApp processes among them) used {others:.0%} of the CPU"
+        )
     )
-    if others is not None and others > CONTENDED:
-        header += " (FPS, latency and seconds understate an idle machine)"
     _write_table(out / "rounds.md", out / "rounds.csv", round_rows(result.rounds), header)
     with open(out / "fusion.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
