@@ -21,42 +21,13 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
+from ports import accepts_connections, free_port_base, port_is_free
 
-from fedge.local_federation import free_port
 from server.metrics_log import read_metrics
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
 NUM_SUPERNODES = 2
 RUN_TIMEOUT_S = 600
-
-
-def _port_is_free(port: int, *, reuse_address: bool = False) -> bool:
-    """Whether a server could bind ``port``; ``reuse_address`` ignores TIME_WAIT leftovers."""
-    with socket.socket() as sock:
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port_base(count: int) -> int:
-    """A port P with P..P+count-1 all free on 127.0.0.1 right now."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and all(_port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _plain_http_status(port: int) -> int | None:
@@ -103,7 +74,7 @@ def _deployment_processes(work_dir: Path, ports: list[int]) -> list[str]:
 def _run_deployment(mode: str, tmp_path: Path) -> tuple[int, str, dict]:
     """Run the script and probe the SuperLink while it runs; (exit code, output, probe)."""
     work_dir = tmp_path / "work"
-    port_base = _free_port_base(NUM_SUPERNODES + 1)
+    port_base = free_port_base(NUM_SUPERNODES + 1)
     output = tmp_path / "script-output.txt"
     command = [
         str(SCRIPT),
@@ -127,7 +98,7 @@ def _run_deployment(mode: str, tmp_path: Path) -> tuple[int, str, dict]:
         try:
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while proc.poll() is None and time.monotonic() < deadline:
-                if not probe and _accepts_connections(port_base):
+                if not probe and accepts_connections(port_base):
                     probe["plain_http_status"] = _plain_http_status(port_base)
                     if mode == "tls":
                         probe["peer"] = _verified_tls_peer(port_base, work_dir / "certs/ca.crt")
@@ -178,8 +149,8 @@ def test_app_trains_on_superlink_and_two_supernodes_and_leaves_no_process(
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], pids
     assert _deployment_processes(probe["work_dir"], probe["ports"]) == []
     for port in probe["ports"]:
-        assert not _accepts_connections(port), f"something still listens on {port}"
-        assert _port_is_free(port, reuse_address=True), port
+        assert not accepts_connections(port), f"something still listens on {port}"
+        assert port_is_free(port, reuse_address=True), port
 
 
 def test_invalid_run_config_fails_before_any_process_starts(tmp_path: Path) -> None:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-
-from fedge.local_federation import free_port
+from ports import accepts_connections, free_port_base, port_is_free
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
 SITES = 2
@@ -30,34 +28,6 @@ ROUNDS = 2
 MIN_LABELLED = 3  # the script's default --min-labelled
 RUN_TIMEOUT_S = 900
 LAST_LABEL = f"person-detector-v{ROUNDS}"  # clients.model_installer.version_label
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether a server could bind ``port`` (TIME_WAIT leftovers ignored)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port_base(count: int) -> int:
-    """A port P with P..P+count-1 all free on 127.0.0.1 right now."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and all(_port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _deployment_processes(work_dir: Path, ports: list[int]) -> list[str]:
@@ -94,7 +64,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dic
     tmp_path = tmp_path_factory.mktemp("detector-deployment")
     work_dir = tmp_path / "work"
     ports = SITES + 2  # SuperLink, SuperNodes, fedge cloud
-    port_base = _free_port_base(ports)
+    port_base = free_port_base(ports)
     command = [
         str(SCRIPT), "--tls", "--task", "person-detector", "--sites", str(SITES),
         "--rounds", str(ROUNDS), "--port-base", str(port_base),
@@ -215,8 +185,8 @@ def test_no_process_of_the_deployment_survives(deployment: dict) -> None:
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], pids
     assert _deployment_processes(work_dir, deployment["ports"]) == []
     for port in deployment["ports"]:
-        assert not _accepts_connections(port), f"something still listens on {port}"
-        assert _port_is_free(port), port
+        assert not accepts_connections(port), f"something still listens on {port}"
+        assert port_is_free(port, reuse_address=True), port
     print(f"detector deployment: {deployment['seconds']:.0f} s")
 
 
