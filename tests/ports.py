@@ -1,12 +1,14 @@
-"""Loopback port helpers shared by the deployment tests."""
+"""Loopback port and process helpers shared by the deployment tests."""
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 from fedge.local_federation import free_port
 
-__all__ = ["accepts_connections", "free_port_base", "port_is_free"]
+__all__ = ["accepts_connections", "deployment_processes", "free_port_base", "port_is_free"]
 
 
 def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
@@ -37,3 +39,28 @@ def accepts_connections(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def deployment_processes(
+    work_dir: Path, ports: list[int], *, work_dir_in_args: bool = False
+) -> list[str]:
+    """Live processes started for a deployment: by ``FLWR_HOME`` under ``work_dir`` or by
+    one of its ports on the command line (and, with ``work_dir_in_args``, by ``work_dir``
+    anywhere on the command line)."""
+    found = []
+    marker = f"FLWR_HOME={work_dir}/".encode()
+    port_words = {str(p) for p in ports} | {f"127.0.0.1:{p}" for p in ports}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            environ = (entry / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone, or not ours to read
+        named = work_dir_in_args and any(str(work_dir) in a for a in args)
+        if marker in environ or port_words & set(args) or named:
+            found.append(f"{entry.name}: {' '.join(args)}")
+    return found

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import math
-import os
 import socket
 import ssl
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-from ports import accepts_connections, free_port_base, port_is_free
+from ports import accepts_connections, deployment_processes, free_port_base, port_is_free
 
 from server.metrics_log import read_metrics
 
@@ -48,27 +47,6 @@ def _verified_tls_peer(port: int, ca_file: Path) -> dict:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             return tls.getpeercert()
-
-
-def _deployment_processes(work_dir: Path, ports: list[int]) -> list[str]:
-    """Live processes started for this deployment: by FLWR_HOME under ``work_dir`` or
-    by one of its ports on the command line."""
-    found = []
-    marker = f"FLWR_HOME={work_dir}/".encode()
-    port_words = {str(p) for p in ports} | {f"127.0.0.1:{p}" for p in ports}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            environ = (entry / "environ").read_bytes()
-        except (OSError, IndexError):
-            continue  # gone, or not ours to read
-        if marker in environ or port_words & set(args):
-            found.append(f"{entry.name}: {' '.join(args)}")
-    return found
 
 
 def _run_deployment(mode: str, tmp_path: Path) -> tuple[int, str, dict]:
@@ -147,7 +125,7 @@ def test_app_trains_on_superlink_and_two_supernodes_and_leaves_no_process(
     pids = [int(p.read_text()) for p in (probe["work_dir"] / "pids").glob("*.pid")]
     assert len(pids) == 1 + NUM_SUPERNODES
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], pids
-    assert _deployment_processes(probe["work_dir"], probe["ports"]) == []
+    assert deployment_processes(probe["work_dir"], probe["ports"]) == []
     for port in probe["ports"]:
         assert not accepts_connections(port), f"something still listens on {port}"
         assert port_is_free(port, reuse_address=True), port

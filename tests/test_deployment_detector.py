@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-from ports import accepts_connections, free_port_base, port_is_free
+from ports import accepts_connections, deployment_processes, free_port_base, port_is_free
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
 SITES = 2
@@ -28,27 +28,6 @@ ROUNDS = 2
 MIN_LABELLED = 3  # the script's default --min-labelled
 RUN_TIMEOUT_S = 900
 LAST_LABEL = f"person-detector-v{ROUNDS}"  # clients.model_installer.version_label
-
-
-def _deployment_processes(work_dir: Path, ports: list[int]) -> list[str]:
-    """Live processes of this deployment: the work dir on their command line or in their
-    FLWR_HOME, or one of its ports on their command line."""
-    found = []
-    marker = f"FLWR_HOME={work_dir}/".encode()
-    port_words = {str(p) for p in ports} | {f"127.0.0.1:{p}" for p in ports}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            environ = (entry / "environ").read_bytes()
-        except (OSError, IndexError):
-            continue  # gone, or not ours to read
-        if marker in environ or port_words & set(args) or any(str(work_dir) in a for a in args):
-            found.append(f"{entry.name}: {' '.join(args)}")
-    return found
 
 
 def _records(path: Path) -> list[dict]:
@@ -183,7 +162,7 @@ def test_no_process_of_the_deployment_survives(deployment: dict) -> None:
     assert pid_files == sorted(expected)
     pids = [int((work_dir / "pids" / f"{name}.pid").read_text()) for name in pid_files]
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], pids
-    assert _deployment_processes(work_dir, deployment["ports"]) == []
+    assert deployment_processes(work_dir, deployment["ports"], work_dir_in_args=True) == []
     for port in deployment["ports"]:
         assert not accepts_connections(port), f"something still listens on {port}"
         assert port_is_free(port, reuse_address=True), port
