@@ -8,7 +8,10 @@ After each round the ServerApp sends the exported model to every connected node 
 The node verifies and installs it (``clients.model_installer.install_model``) into its
 detector directory (node config ``detector-dir``, else ``$FEDGE_DETECTOR_DIR``, else
 ``<store-dir>/detector``, else ``~/.cache/fedge/detector``), using a frame of its store
-(node config ``store-dir``) for the smoke inference, and replies::
+(node config ``store-dir``) for the smoke inference. A simulated node (no ``store-dir``;
+the run config's ``detector-store-root``, ``data.store_sets``) uses its store under that
+root and installs into a folder of its own in the run's output (:func:`node_store_config`).
+It replies::
 
     content["install"]  ConfigRecord {"status": "installed" | "rejected",
                                       "version": <int, -1 if unreadable>,
@@ -22,12 +25,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from clients.model_installer import install_model, resolve_detector_dir
+from data.store_sets import store_for_partition
 from export.artifact import ModelArtifact, ModelManifest
 from fedge.core.errors import FedgeError, ModelError
 
@@ -40,6 +45,7 @@ __all__ = [
     "artifact_record",
     "install_model_reply",
     "install_result",
+    "node_store_config",
     "smoke_frame_from_store",
 ]
 
@@ -51,6 +57,34 @@ MODEL_RECORD_KEY = "model"
 INSTALL_RESULT_KEY = "install"
 DETECTOR_DIR_KEY = "detector-dir"
 _STORE_DIR_KEY = "store-dir"
+_STORE_ROOT_KEY = "detector-store-root"
+
+
+def node_store_config(
+    node_config: Mapping[str, Any], run_config: Mapping[str, Any], run_id: int | None = None
+) -> dict[str, Any]:
+    """``node_config`` with ``store-dir`` filled in for a simulated node (none of its own,
+    a ``partition-id``, and ``detector-store-root`` in the run config).
+
+    With ``run_id`` (the install query's run) it also gets a ``detector-dir`` of its own
+    under ``<output-dir>/simulated-nodes/run-<run_id>/node-<partition-id>/detector``: a
+    simulation's versions must neither land in the user's cache, shared by every node, nor
+    clash with the versions the store's real agent installed (a version number names one
+    model), and the stores stay as they were.
+    """
+    config = dict(node_config)
+    root = str(run_config.get(_STORE_ROOT_KEY) or "")
+    if config.get(_STORE_DIR_KEY) or not root or "partition-id" not in config:
+        return config
+    partition = int(config["partition-id"])
+    count = config.get("num-partitions")
+    store = store_for_partition(root, partition, None if count is None else int(count))
+    config[_STORE_DIR_KEY] = str(store)
+    if run_id is not None and not config.get(DETECTOR_DIR_KEY):
+        output = Path(str(run_config.get("output-dir") or "outputs"))
+        node_dir = output / "simulated-nodes" / f"run-{run_id}" / f"node-{partition}"
+        config[DETECTOR_DIR_KEY] = str(node_dir / "detector")
+    return config
 
 
 def artifact_record(artifact: ModelArtifact) -> ConfigRecord:
@@ -129,5 +163,6 @@ def install_result(record: ConfigRecord, node_config: Mapping[str, Any]) -> dict
 def install_model_reply(msg: Message, context: Context) -> Message:
     """Answer a ``query.install_model`` message (the ClientApp's query handler)."""
     record = msg.content.config_records.get(MODEL_RECORD_KEY, ConfigRecord())
-    result = install_result(record, context.node_config)
+    node_config = node_store_config(context.node_config, context.run_config, context.run_id)
+    result = install_result(record, node_config)
     return Message(RecordDict({INSTALL_RESULT_KEY: ConfigRecord(result)}), reply_to=msg)

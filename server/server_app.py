@@ -75,9 +75,7 @@ def main(grid: Grid, context: Context) -> None:
             cfg, report.round, weights, run_dir / "models", node_evaluations=evaluations
         )
         delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
-        line = metrics.append(
-            report, extra={**dp_noise_stddev(strategy), **exported, **delivered}
-        )
+        line = metrics.append(report, extra={**dp_noise_stddev(strategy), **exported, **delivered})
         save_checkpoint(
             run_dir,
             Checkpoint(
@@ -87,13 +85,20 @@ def main(grid: Grid, context: Context) -> None:
                 strategy_state(strategy),
             ),
         )
-        log.warning(
-            "round %d: central accuracy %.4f, loss %.4f, %.1fs",
-            report.round,
-            line["central"].get("accuracy", float("nan")),
-            line["central"].get("loss", float("nan")),
-            report.seconds,
-        )
+        central = line["central"]
+        if "accuracy" in central:
+            log.warning(
+                "round %d: central accuracy %.4f, loss %.4f, %.1fs",
+                report.round,
+                central["accuracy"],
+                central.get("loss", float("nan")),
+                report.seconds,
+            )
+        else:  # the person detector: the nodes evaluate, the server holds no frames
+            node_map = line.get("evaluate", {}).get("eval_map50", float("nan"))
+            log.warning(
+                "round %d: nodes' mAP@0.5 %.4f, %.1fs", report.round, node_map, report.seconds
+            )
 
     final = run_rounds(
         strategy,

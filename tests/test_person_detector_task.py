@@ -506,3 +506,63 @@ def test_fedprox_holds_local_weights_closer_to_the_global_model(site_stores: lis
     free, held = drift(0.0), drift(10.0)
     # Assert (measured: 3.37 against 6.28, mu 1.0 gives 5.66)
     assert held < 0.8 * free, (held, free)
+
+
+@pytest.mark.slow
+def test_fedge_simulate_trains_the_detector_on_a_store_root_and_each_node_installs_it(
+    site_stores: list[Path], tmp_path: Path
+) -> None:
+    """``fedge simulate`` with ``detector-store-root``: real Ray-simulated nodes, each on
+    its own store (the demo's ``site-<i>/store`` layout), each installing the export into
+    its own folder of the run; the stores stay as they were."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import APP_DIR
+
+    from clients.model_installer import read_pointer
+    from fedge.local_federation import processes_of_flwr_home
+
+    # Prepare: copies of the two stores as fedge demo lays them out
+    root = tmp_path / "sites"
+    for i, store in enumerate(site_stores):
+        shutil.copytree(store, root / f"site-{i}" / "store")
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    home, out = tmp_path / "flwr-home", tmp_path / "out"
+    settings = {
+        "task": "person-detector",
+        "detector-store-root": str(root),
+        "num-server-rounds": 1,
+        "min-available-nodes": 2,
+        "local-epochs": 1,
+        "detector-batch-size": 4,
+        "detector-max-frames": 8,
+        "detector-int8-eval-every": 0,
+        "cpu-threads": 1,
+        "output-dir": str(out),
+        "run-name": "sim",
+    }
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    # Execute
+    done = subprocess.run(
+        [sys.executable, "-m", "fedge", "simulate", "--app-dir", str(APP_DIR),
+         "--flwr-home", str(home), "--num-supernodes", "2", *sets],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    # Assert
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (row,) = read_metrics(out / "sim" / "metrics.jsonl")
+    assert {c["partition_id"] for c in row["clients"]} == {0, 1}
+    assert all(c["train"]["cloud-frames"] > 0 for c in row["clients"] if "train" in c)
+    assert len(row["model"]["installed"]) == 2
+    for i in range(2):
+        (node_dir,) = (out / "simulated-nodes").glob(f"run-*/node-{i}/detector")
+        pointer = read_pointer(node_dir)
+        assert pointer is not None, f"node {i}: no model installed"
+        assert (pointer.version, pointer.sha256) == (1, row["model"]["sha256"])
+    after = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert [p for p in after if not p.endswith(("-wal", "-shm"))] == [
+        p for p in before if not p.endswith(("-wal", "-shm"))
+    ]
+    assert processes_of_flwr_home(home) == []

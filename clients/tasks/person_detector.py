@@ -5,7 +5,9 @@ Node config
 -----------
 ``store-dir`` (required): the frame store the edge agent writes (``fedge edge
 --store-dir``), opened read-only and listed again every round. ``partition-id`` is
-optional (metrics order, attacks in research runs).
+optional (metrics order, attacks in research runs). A simulated node has no store of its
+own: with ``detector-store-root`` set, the node of ``partition-id`` ``i`` takes the
+``i``-th store under that folder (``data.store_sets``; e.g. ``fedge demo``'s ``OUT/sites``).
 
 Training (:class:`DetectorTrainer`)
 -----------------------------------
@@ -74,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from clients.model_updates import node_store_config
 from clients.tasks.base import EvaluateOutcome, NodeSetup, TrainOutcome
 from clients.tasks.detector_data import (
     DetectorExample,
@@ -287,18 +290,26 @@ class PersonDetectorTask:
     name = "person-detector"
 
     def node_setup(self, cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeSetup:
-        """Read ``store-dir`` (required) and ``partition-id`` / ``num-partitions`` (optional)."""
-        if STORE_DIR_KEY not in node_config or not str(node_config[STORE_DIR_KEY]):
-            raise ConfigError(
-                "node config lacks 'store-dir'; start the SuperNode with "
-                "--node-config 'store-dir=\"/var/lib/fedge/store\"' (the edge agent's --store-dir)"
-            )
+        """Read ``store-dir`` and ``partition-id`` / ``num-partitions`` (optional).
+
+        A node without ``store-dir`` (a simulated one) takes the ``partition-id``-th store
+        of ``detector-store-root`` when that is set (``data.store_sets``).
+        """
         partition = node_config.get("partition-id")
         count = cfg.num_partitions or node_config.get("num-partitions")
+        root = {"detector-store-root": cfg.detector_store_root}
+        store = str(node_store_config(node_config, root).get(STORE_DIR_KEY) or "")
+        if not store:
+            raise ConfigError(
+                "node config lacks 'store-dir'; start the SuperNode with "
+                "--node-config 'store-dir=\"/var/lib/fedge/store\"' (the edge agent's "
+                "--store-dir), or, in a simulation, set detector-store-root to a folder of "
+                "frame stores"
+            )
         return NodeSetup(
             None if partition is None else int(partition),
             None if count is None else int(count),
-            {**node_config, STORE_DIR_KEY: str(node_config[STORE_DIR_KEY])},
+            {**node_config, STORE_DIR_KEY: store},
         )
 
     def initial_weights(self, cfg: RunConfig) -> list[np.ndarray]:

@@ -175,9 +175,8 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)  # flags first: a bad flag fails before models load
-    from server.cloud.teacher import build_teacher
-
     from server.cloud.service import CloudServer
+    from server.cloud.teacher import build_teacher
 
     if config.tokens is None:
         print(

@@ -59,8 +59,7 @@ STRATEGIES = (
 )  # fmt: skip
 # Strategies that refuse differential privacy, and why (one line each).
 NO_DP_STRATEGIES = {
-    "scaffold": "its control-variate updates carry each client's update unclipped and "
-    "un-noised",
+    "scaffold": "its control-variate updates carry each client's update unclipped and un-noised",
     "fednova": "it rescales each client's update by tau_eff * p_i / a_i, so the DP noise "
     "would not bound one client's influence",
 }
@@ -227,6 +226,7 @@ class RunConfig:
     detector_int8_eval_every: int = 1
     detector_export: str = "int8"
     detector_calibration_dir: str = ""
+    detector_store_root: str = ""
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
