@@ -68,6 +68,7 @@ class MetricsLog:
             "bytes_sent": report.bytes_sent,
             "bytes_received": report.bytes_received,
             "raw_bytes_received": report.raw_bytes_received,
+            "aggregated": report.aggregated,
             **(extra or {}),
         }
         with self.path.open("a") as handle:

@@ -59,6 +59,9 @@ class RoundReport:
     bytes_sent: int = 0
     bytes_received: int = 0
     raw_bytes_received: int = 0
+    aggregated: bool = False
+    """Whether the strategy aggregated new weights this round (no successful train reply:
+    ``False``, and ``arrays`` are the previous round's)."""
 
 
 def _sort_key(message: Message) -> tuple[float, int]:
@@ -167,6 +170,7 @@ def run_rounds(
         new_arrays, train_metrics = strategy.aggregate_train(server_round, kept)
         if new_arrays is not None:
             arrays = new_arrays
+            report.aggregated = True
         report.train = dict(train_metrics or {})
 
         with seeded_node_sampling(sampling_seed, -server_round):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -69,12 +70,24 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_round_end(report: RoundReport) -> None:
         weights = report.arrays.to_numpy_ndarrays()
-        # the nodes evaluated these weights this round: their score-bin counts calibrate it
-        evaluations = [client.metrics for client in report.evaluate_clients]
-        exported = task.export(
-            cfg, report.round, weights, run_dir / "models", node_evaluations=evaluations
-        )
-        delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
+        exported: dict[str, Any] = {}
+        delivered: dict[str, Any] = {}
+        if report.aggregated:
+            # the nodes evaluated these weights this round: their score-bin counts calibrate it
+            evaluations = [client.metrics for client in report.evaluate_clients]
+            exported = task.export(
+                cfg, report.round, weights, run_dir / "models", node_evaluations=evaluations
+            )
+            delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
+        else:  # nothing new to send: an export now would be the last version (or, in round
+            # 1, the untrained model) under a new number, swapped in on every device
+            log.warning(
+                "round %d: no node trained (%d failed, %d rejected): nothing aggregated, "
+                "exported or sent; the nodes keep the model they run",
+                report.round,
+                len(set(report.failed_nodes)),
+                len(report.rejected_nodes),
+            )
         line = metrics.append(report, extra={**dp_noise_stddev(strategy), **exported, **delivered})
         save_checkpoint(
             run_dir,

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -70,11 +71,16 @@ class LoopbackGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Run the ClientApp on every message and return its replies."""
+        """Run the ClientApp on every message and return its replies; an exception it
+        raises becomes an error reply, as a SuperNode makes one."""
         replies = []
         for message in messages:
             node_id = message.metadata.dst_node_id
-            reply = self._app(message, self._contexts[node_id])
+            try:
+                reply = self._app(message, self._contexts[node_id])
+            except Exception as err:  # noqa: BLE001 - what Flower's runtime catches too
+                error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}")
+                reply = Message(error, reply_to=message)
             replies.append(reply)
         self.replies.extend(replies)
         return replies

@@ -76,6 +76,7 @@ def test_unknown_strategy_is_an_error_that_lists_the_valid_names(tmp_path: Path)
         ({"run-config": {"batch-size": 0}}, "batch-size must be >= 1"),
         ({"run-config": {"seed": 3}}, "set by the grid itself"),
         ({"run-config": {"min-available-nodes": 5}, "clients": 3}, "exceeds clients"),
+        ({"run-config": {"task": "person-detector"}}, "not task 'person-detector'.*fedge simulate"),
         ({"strategy": "fedavg"}, "unknown grid fields \\['strategy'\\]"),
         ({"strategies": ""}, "no strategies"),
     ],

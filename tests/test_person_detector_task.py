@@ -566,3 +566,28 @@ def test_fedge_simulate_trains_the_detector_on_a_store_root_and_each_node_instal
         p for p in before if not p.endswith(("-wal", "-shm"))
     ]
     assert processes_of_flwr_home(home) == []
+
+
+def test_a_round_no_node_trained_in_exports_and_sends_nothing(tmp_path: Path) -> None:
+    """Every node fails (stores with nothing to train on): the round aggregates nothing,
+    so no artifact is made and no node is sent one (an export would be the untrained
+    model under version 1, swapped in on every device)."""
+    # Prepare: two stores without a single frame
+    stores = [tmp_path / f"site{i}" for i in range(2)]
+    for path in stores:
+        FrameStore(path, fsync=False).close()
+    run_config = {**RUN, "num-server-rounds": 1, "output-dir": str(tmp_path / "out")}
+    grid = LoopbackGrid(client_app, 2, run_config, [{"store-dir": str(p)} for p in stores])
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
+    )
+    # Execute
+    server_app(grid, context)
+    # Assert
+    (row,) = read_metrics(tmp_path / "out" / "detector" / "metrics.jsonl")
+    assert row["aggregated"] is False
+    assert len(set(row["failed_nodes"])) == 2
+    assert "model" not in row and "export-bytes" not in row
+    assert not list((tmp_path / "out" / "detector").glob("models/*.tflite"))
+    assert all(not (p / "detector").exists() for p in stores)
+    assert not any(r.metadata.message_type.startswith("query") for r in grid.replies)

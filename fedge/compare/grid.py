@@ -194,6 +194,13 @@ class GridSpec:
         for cell in self.cells():
             cfg = RunConfig.from_mapping(self.run_config(cell))
             build_strategy(cfg)
+            if cfg.task != "fashion-mnist":
+                raise ConfigError(
+                    f"fedge compare compares strategies on Fashion-MNIST partitions, not task "
+                    f"{cfg.task!r} (no partitions, no central accuracy); for the person detector "
+                    "run `fedge simulate --set task=person-detector --set "
+                    "detector-store-root=DIR --set strategy=NAME` once per strategy"
+                )
             if cfg.min_available_nodes > self.clients:
                 raise ConfigError(
                     f"min-available-nodes ({cfg.min_available_nodes}) exceeds clients "

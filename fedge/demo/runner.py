@@ -200,10 +200,12 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
     }
 
 
-def _installed_score(agent: SiteAgent, held: HeldOut) -> tuple[ModelScore, int]:
+def _installed_score(agent: SiteAgent, held: HeldOut) -> tuple[ModelScore, int] | None:
+    """The site's installed model scored on its held-out frames, and the model's bytes;
+    ``None`` when no version is installed yet (the site still runs BlazePose alone)."""
     pointer = read_pointer(agent.store_dir / "detector", DEFAULT_NAME)
     if pointer is None:
-        raise FedgeError(f"{agent.name}: no detector installed after the round")
+        return None
     folder = agent.store_dir / "detector" / DEFAULT_NAME / pointer.dir
     model, manifest = artifact_paths(folder, DEFAULT_NAME, pointer.version)
     return score_installed(model, manifest, held), model.stat().st_size
@@ -354,16 +356,20 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
                     )
                 group.check()
                 say(f"round {server_round}: scoring each site's model on held-out frames", done)
-                if server_round == 0:
-                    if pose is None:
-                        from clients.pose import create_pose_estimator
+                # None: no version installed yet (round 0, or no round has trained yet)
+                measured = [
+                    _installed_score(a, h) if server_round else None
+                    for a, h in zip(agents, held, strict=True)
+                ]
+                if pose is None and None in measured:
+                    from clients.pose import create_pose_estimator
 
-                        pose = create_pose_estimator("litert", options.model_dir, num_threads=1)
-                    scores = [score_detect(pose_detect(pose), h) for h in held]
-                else:
-                    measured = [_installed_score(a, h) for a, h in zip(agents, held, strict=True)]
-                    scores = [m[0] for m in measured]
-                    model_bytes = measured[0][1]
+                    pose = create_pose_estimator("litert", options.model_dir, num_threads=1)
+                scores = [
+                    m[0] if m is not None else score_detect(pose_detect(pose), h)
+                    for m, h in zip(measured, held, strict=True)
+                ]
+                model_bytes = next((m[1] for m in measured if m is not None), 0)
                 all_bytes = [sum(paths[f.index].stat().st_size for f in s) for s in stretches]
                 line = _round_line(
                     server_round, plan, reports, scores, held, all_bytes, flower,
@@ -377,8 +383,15 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
                     break
                 say(f"round {server_round + 1}: Flower training on the sites' stores", done)
                 flower = federation.run_round(server_round + 1, options.round_timeout_s)
-                for agent in agents:
-                    agent.wait_for_version(server_round + 1, timeout=120.0)
+                if flower.get("aggregated", True):
+                    for agent in agents:
+                        agent.wait_for_version(server_round + 1, timeout=120.0)
+                else:  # every node failed: no version was made; the sites keep theirs
+                    say(
+                        f"round {server_round + 1}: no site trained (see logs/supernode-*.log): "
+                        "the sites keep the model they run",
+                        done,
+                    )
             for site, agent in zip(plan.sites, agents, strict=True):
                 site_frames = agent.kept
                 for index, image in site_frames.items():
