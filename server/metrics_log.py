@@ -69,6 +69,7 @@ class MetricsLog:
             "bytes_received": report.bytes_received,
             "raw_bytes_received": report.raw_bytes_received,
             "aggregated": report.aggregated,
+            "warm_start_node": report.warm_start_node,
             **(extra or {}),
         }
         with self.path.open("a") as handle:

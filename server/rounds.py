@@ -5,6 +5,18 @@ calls the same public strategy methods (configure/aggregate train and evaluate) 
 start at any round, drops non-finite replies before aggregation, puts replies in a
 stable order (so aggregation is reproducible), and hands a ``RoundReport`` to a callback
 after every round (metrics log, checkpoint).
+
+**Warm start** (``warm_start_round``): in that round (the first of a run that starts from
+untrained weights) the strategy aggregates only the reply of the node that trained on the
+most examples (``num-examples``; ties: the lowest node id) instead of all of them. Models
+trained from one random initialisation on different data for many local steps do not
+average well: they leave the initialisation in different directions, and their average
+lies between basins. Measured on the demo's 3 sites of the sample clip (15 epochs of Adam
+at 0.01 per round, offline, mAP@0.5 of the global model on every site's held-out frames):
+after round 2 the average of three round-1 models scores 0.016 where a site's own model
+scores up to 0.51, and 0.244 when round 1 kept one site's model; 0.330 against 0.411 after
+round 3. From round 2 on every node starts from the one warm model and the strategy
+aggregates as usual.
 """
 
 from __future__ import annotations
@@ -59,6 +71,8 @@ class RoundReport:
     bytes_sent: int = 0
     bytes_received: int = 0
     raw_bytes_received: int = 0
+    warm_start_node: int | None = None
+    """The node whose model alone was kept in a warm-start round (``None``: no warm start)."""
     aggregated: bool = False
     """Whether the strategy aggregated new weights this round (no successful train reply:
     ``False``, and ``arrays`` are the previous round's)."""
@@ -100,6 +114,18 @@ def decode_replies(
                 continue
         kept.append(reply)
     return kept, rejected
+
+
+def _most_examples(replies: list[Message]) -> Message:
+    """The reply that trained on the most examples (ties: the lowest node id)."""
+
+    def examples(reply: Message) -> float:
+        for record in reply.content.metric_records.values():
+            if "num-examples" in record:
+                return float(record["num-examples"])  # type: ignore[arg-type]
+        return 0.0
+
+    return min(replies, key=lambda r: (-examples(r), r.metadata.src_node_id))
 
 
 def _dense_bytes(replies: list[Message]) -> int:
@@ -149,8 +175,10 @@ def run_rounds(
     on_round_end: Callable[[RoundReport], None],
     timeout: float = 3600.0,
     sampling_seed: int = 0,
+    warm_start_round: int | None = None,
 ) -> ArrayRecord:
-    """Run rounds ``first_round..last_round`` and return the final global arrays."""
+    """Run rounds ``first_round..last_round`` and return the final global arrays;
+    ``warm_start_round`` keeps one node's model in that round (module docstring)."""
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
         start = time.perf_counter()
@@ -167,6 +195,10 @@ def run_rounds(
         kept, rejected = split_non_finite(replies)
         report.rejected_nodes = [r.metadata.src_node_id for r in undecodable + rejected]
         report.train_clients = _client_reports(kept)
+        trained = [r for r in kept if r.has_content()]  # error replies carry no model
+        if server_round == warm_start_round and len(trained) > 1:
+            kept = [_most_examples(trained)]
+            report.warm_start_node = kept[0].metadata.src_node_id
         new_arrays, train_metrics = strategy.aggregate_train(server_round, kept)
         if new_arrays is not None:
             arrays = new_arrays

@@ -124,6 +124,7 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=evaluator,
         on_round_end=on_round_end,
         sampling_seed=cfg.seed,
+        warm_start_round=1 if task.warm_start(cfg) else None,
     )
     np.savez(run_dir / "final_weights.npz", *final.to_numpy_ndarrays())
 

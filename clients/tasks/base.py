@@ -104,6 +104,11 @@ class Task(Protocol):
         """The server-side evaluation, or ``None`` when the server holds no data."""
         ...
 
+    def warm_start(self, cfg: RunConfig) -> bool:
+        """Whether a run from untrained weights keeps one node's model in round 1
+        (``server.rounds``, warm start) instead of aggregating every node's."""
+        ...
+
     def export(
         self,
         cfg: RunConfig,

@@ -115,6 +115,10 @@ class FashionMnistTask:
         """Test loss and accuracy on the server's copy of the test set."""
         return _TestSetEvaluation(cfg)
 
+    def warm_start(self, cfg: RunConfig) -> bool:
+        """Never: the NIID-Bench protocol aggregates every party from round 1."""
+        return False
+
     def export(
         self,
         cfg: RunConfig,

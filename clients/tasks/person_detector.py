@@ -450,6 +450,11 @@ class PersonDetectorTask:
         }
         return metrics, found
 
+    def warm_start(self, cfg: RunConfig) -> bool:
+        """``detector-warm-start``: the detector trains from scratch, many local steps per
+        round, so round 1 keeps the model of the node with the most training frames."""
+        return cfg.detector_warm_start
+
     def central_evaluation(self, cfg: RunConfig) -> None:
         """None: the cloud holds no site's frames; the nodes report mAP."""
         return None
