@@ -76,10 +76,8 @@ def test_without_warm_start_every_node_is_averaged() -> None:
     )
 
 
-def test_only_the_person_detector_warm_starts_by_default() -> None:
-    detector = RunConfig(task="person-detector")
-    assert get_task("person-detector").warm_start(detector)
-    assert not get_task("person-detector").warm_start(
-        RunConfig(task="person-detector", detector_warm_start=False)
-    )
-    assert not get_task("fashion-mnist").warm_start(RunConfig())
+def test_warm_start_is_the_detectors_opt_in_and_never_fashion_mnists() -> None:
+    detector = get_task("person-detector")
+    assert not detector.warm_start(RunConfig(task="person-detector"))
+    assert detector.warm_start(RunConfig(task="person-detector", detector_warm_start=True))
+    assert not get_task("fashion-mnist").warm_start(RunConfig(detector_warm_start=True))

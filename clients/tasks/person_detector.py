@@ -451,8 +451,8 @@ class PersonDetectorTask:
         return metrics, found
 
     def warm_start(self, cfg: RunConfig) -> bool:
-        """``detector-warm-start``: the detector trains from scratch, many local steps per
-        round, so round 1 keeps the model of the node with the most training frames."""
+        """``detector-warm-start`` (off by default): round 1 keeps the model of the node
+        with the most training frames (``server.rounds``, warm start)."""
         return cfg.detector_warm_start
 
     def central_evaluation(self, cfg: RunConfig) -> None:

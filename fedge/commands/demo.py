@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
         "--local-epochs", type=int, default=15, metavar="N", help="local epochs per round (15)"
     )
     parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="round 1 keeps the model of the site with the most training frames instead of "
+        "averaging (detector-warm-start)",
+    )
+    parser.add_argument(
         "--cold-start-share",
         type=float,
         default=0.4,
@@ -162,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         size=_size(args.size),
         local_epochs=args.local_epochs,
+        warm_start=args.warm_start,
         hard_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
         dedup_window_s=args.dedup_window,

@@ -227,7 +227,7 @@ class RunConfig:
     detector_export: str = "int8"
     detector_calibration_dir: str = ""
     detector_store_root: str = ""
-    detector_warm_start: bool = True
+    detector_warm_start: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():

@@ -88,6 +88,7 @@ class DemoOptions:
     fusion: str = "mean"
     size: tuple[int, int] | None = (640, 480)
     local_epochs: int = 15
+    warm_start: bool = False
     batch_size: int = 4
     learning_rate: float = 0.01
     held_out_share: float = 0.2
@@ -189,6 +190,7 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
         "fraction-train": 1.0,
         "fraction-evaluate": 1.0,  # the nodes' held-out score bins calibrate each version
         "local-epochs": options.local_epochs,
+        "detector-warm-start": options.warm_start,
         "detector-batch-size": options.batch_size,
         "detector-learning-rate": options.learning_rate,
         "detector-int8-eval-every": 0,  # the demo scores the installed int8 model itself
