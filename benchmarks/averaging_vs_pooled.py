@@ -18,7 +18,8 @@ Each global model (and each site's model) is scored as the demo's nodes do befor
 measure: batch-norm statistics re-estimated on the pooled training frames, then mAP@0.5
 (pycocotools) of the float model on every site's teacher-labelled held-out frames.
 Writes ``averaging_vs_pooled.md`` and ``.csv`` to ``--out-dir`` (default
-``benchmarks/results/``).
+``benchmarks/results/``); with other ``--rounds``/``--epochs`` (e.g. more, shorter rounds
+for the same training) ``averaging_vs_pooled_<R>x<E>.md``/``.csv``.
 
 Usage::
 
@@ -78,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="a finished `fedge demo --out` folder")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="federated rounds (3)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="local epochs a round (15)")
+    parser.add_argument("--pooled-epochs", default="15,30", help="pooled scores after these")
+    parser.add_argument("--modes", default="fedavg,warm-start", help="federated modes to run")
     args = parser.parse_args(argv)
+    default = (args.rounds, args.epochs) == (ROUNDS, EPOCHS)
+    name = "averaging_vs_pooled" + ("" if default else f"_{args.rounds}x{args.epochs}")
     work = args.work
     if work is None:
         from fedge.demo.runner import DemoOptions, run_demo
@@ -119,39 +126,42 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)  # fmt: skip
 
     weights, done = initial, 0
-    for epochs in (EPOCHS, EPOCHS):
-        weights = fit(weights, pooled, epochs, seed=done)
-        done += epochs
+    for target in [int(x) for x in args.pooled_epochs.split(",") if x.strip()]:
+        weights = fit(weights, pooled, target - done, seed=done)
+        done = target
         row("pooled", f"{done} epochs", score(weights), [])
     largest = max(range(len(sites)), key=lambda i: (len(sites[i]), -i))
-    for mode in ("fedavg", "warm-start"):
+    for mode in [m for m in args.modes.split(",") if m]:
         weights = initial
-        for server_round in range(1, ROUNDS + 1):
+        for server_round in range(1, args.rounds + 1):
             chosen = [largest] if mode == "warm-start" and server_round == 1 else range(len(sites))
-            models = [fit(weights, sites[i], EPOCHS, seed=server_round * 10 + i) for i in chosen]
+            models = [
+                fit(weights, sites[i], args.epochs, seed=server_round * 10 + i) for i in chosen
+            ]
             sizes = [len(sites[i]) for i in chosen]
             weights = [
                 sum(n * m[k] for n, m in zip(sizes, models, strict=True)) / sum(sizes)
                 for k in range(len(initial))
             ]
-            stage = f"round {server_round} ({server_round * EPOCHS} epochs)"
+            stage = f"round {server_round} ({server_round * args.epochs} epochs)"
             row(mode, stage, score(weights), [score(m) for m in models])
     seconds = time.perf_counter() - began
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "averaging_vs_pooled.csv", "w", newline="") as handle:
+    with open(args.out_dir / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     lines = [
         "# Federated averaging against pooled training: the demo's student, offline",
         "",
-        f"Written by `python benchmarks/averaging_vs_pooled.py` on {cpu_model()}, in "
+        f"Written by `python benchmarks/averaging_vs_pooled.py{_flags(args, default)}` on "
+        f"{cpu_model()}, in "
         f"{seconds / 60:.1f} min. The final stores of `fedge demo`'s default run on the "
         f"bundled clip: {len(sites)} sites with {'/'.join(str(len(s)) for s in sites)} "
         f"training frames, {len(held)} teacher-labelled held-out frames "
         f"({sum(len(e.boxes) for e in held)} people). Adam {LEARNING_RATE}, batch {BATCH}, "
-        f"augmentation, {EPOCHS} epochs a round; mAP@0.5 of the float model after "
+        f"augmentation, {args.epochs} epochs a round; mAP@0.5 of the float model after "
         "re-estimating batch-norm statistics on the pooled frames. `site_map50`: each "
         "site's own model of that round, before averaging (warm-start round 1: the "
         "largest site's alone).",
@@ -163,9 +173,19 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ),  # fmt: skip
     ]
-    (args.out_dir / "averaging_vs_pooled.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out_dir / 'averaging_vs_pooled.md'}")
+    (args.out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out_dir / f'{name}.md'}")
     return 0
+
+
+def _flags(args: argparse.Namespace, default: bool) -> str:
+    """The options that differ from the defaults, as typed (for the result's header)."""
+    if default and args.pooled_epochs == "15,30" and args.modes == "fedavg,warm-start":
+        return ""
+    return (
+        f" --rounds {args.rounds} --epochs {args.epochs} --pooled-epochs "
+        f"'{args.pooled_epochs}' --modes {args.modes}"
+    )
 
 
 if __name__ == "__main__":
