@@ -53,6 +53,7 @@ from fedge.core.labels import FrameLabel
 from fedge.core.records import Detection, FrameResult, Person
 
 __all__ = [
+    "STORE_INDEX",
     "TRANSITIONS",
     "FrameStore",
     "LabelStatus",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
+STORE_INDEX = "index.sqlite"
+"""The SQLite index that makes a folder a frame store."""
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BUDGET_BYTES = 2 * 1024**3
 DEFAULT_MIN_FREE_BYTES = 32 * 1024**2
@@ -245,7 +248,7 @@ class FrameStore:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._seq = 0
-        db_path = self.root / "index.sqlite"
+        db_path = self.root / STORE_INDEX
         if not writer and not db_path.exists():
             raise StoreError(f"no frame store at {self.root}: run `fedge edge` to create one")
         try:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data.frame_store import STORE_INDEX
 from fedge.core.errors import ConfigError
 
-__all__ = ["STORE_INDEX", "find_frame_stores", "store_for_partition"]
-
-STORE_INDEX = "index.sqlite"
-"""The file that makes a folder a frame store (``data.frame_store``)."""
+__all__ = ["find_frame_stores", "store_for_partition"]
 
 
 def find_frame_stores(root: str | os.PathLike[str]) -> list[Path]:
