@@ -1,18 +1,20 @@
-"""Why the demo's student stays weak: federated averaging against pooled training, offline.
+"""Why the demo's student stayed weak: federated averaging against pooled training, offline.
 
 Reads the sites' frame stores and the held-out evaluation stores that a ``fedge demo`` run
 left in its ``--out`` folder (``--work``; default: run the demo's defaults on the bundled
-clip into a temporary folder first, as ``benchmarks/demo_loop.py`` does for
-``demo_clip/``), then trains the person detector the demo's way (Adam at 0.01, batch 4,
-augmentation, 15 epochs a round, ``clients.tasks.person_detector.DetectorTrainer``) on
-the stores' final training frames, three ways:
+clip with ``--schedule parallel`` into a temporary folder first), then trains the person
+detector the demo's way (Adam at 0.01, batch 4, augmentation, 15 epochs a round,
+``clients.tasks.person_detector.DetectorTrainer``) on the stores' final training frames:
 
 - ``pooled``: every site's training frames in one set (what a federation approximates at
   best), scored after 15 and 30 epochs;
 - ``fedavg``: 3 rounds; each site trains from the global model on its own frames, the
   global model is their average weighted by training frames;
 - ``warm-start``: the same, but round 1 keeps the model of the site with the most frames
-  (``detector-warm-start``).
+  (``detector-warm-start``);
+- ``cyclic`` (``--modes cyclic``; ``train-schedule=cyclic``): each round the sites train
+  one after another, each from the model the previous one returned (the first site of a
+  round rotates), and the round's model is the last one.
 
 Each global model (and each site's model) is scored as the demo's nodes do before they
 measure: batch-norm statistics re-estimated on the pooled training frames, then mAP@0.5
@@ -83,15 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="local epochs a round (15)")
     parser.add_argument("--pooled-epochs", default="15,30", help="pooled scores after these")
     parser.add_argument("--modes", default="fedavg,warm-start", help="federated modes to run")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="ramp the learning rate up over this many steps (0)")  # fmt: skip
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                        help=f"Adam's learning rate ({LEARNING_RATE})")  # fmt: skip
     args = parser.parse_args(argv)
     default = (args.rounds, args.epochs) == (ROUNDS, EPOCHS)
     name = "averaging_vs_pooled" + ("" if default else f"_{args.rounds}x{args.epochs}")
+    if args.learning_rate != LEARNING_RATE:
+        name += f"_lr{args.learning_rate:g}"
+    if args.warmup_steps:
+        name += f"_warmup{args.warmup_steps}"
+    if args.modes != "fedavg,warm-start":
+        name += "_" + args.modes.replace(",", "_")
     work = args.work
     if work is None:
         from fedge.demo.runner import DemoOptions, run_demo
 
         work = Path(tempfile.mkdtemp(prefix="fedge-averaging-")) / "demo"
-        run_demo(DemoOptions(source=CLIP, out=work, app_dir=REPO))
+        # the parallel schedule: the run whose stores the committed tables were measured on
+        run_demo(DemoOptions(source=CLIP, out=work, app_dir=REPO, schedule="parallel"))
 
     from clients.tasks.detector_data import StoreBatches
     from clients.tasks.detector_eval import map50, predict_float
@@ -113,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.set_weights(weights)
         batches = StoreBatches(examples, trainer.spec, batch_size=BATCH, augmentation=True,
                                seed=seed)  # fmt: skip
-        trainer.fit(batches, epochs=epochs, learning_rate=LEARNING_RATE, proximal_mu=0.0)
+        trainer.fit(batches, epochs=epochs, learning_rate=args.learning_rate, proximal_mu=0.0,
+                    warmup_steps=args.warmup_steps)  # fmt: skip
         trainer.recompute_statistics(examples)
         return trainer.get_weights()
 
@@ -134,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     for mode in [m for m in args.modes.split(",") if m]:
         weights = initial
         for server_round in range(1, args.rounds + 1):
+            stage = f"round {server_round} ({server_round * args.epochs} epochs)"
+            if mode in ("cyclic", "cyclic-mean"):
+                visits, chain = [], []
+                for j in range(len(sites)):
+                    i = (server_round - 1 + j) % len(sites)
+                    weights = fit(weights, sites[i], args.epochs, seed=server_round * 10 + i)
+                    visits.append(score(weights))
+                    chain.append((len(sites[i]), weights))
+                if mode == "cyclic-mean":  # the round's model: the chain's models averaged
+                    total = sum(n for n, _ in chain)
+                    weights = [sum(n * w[k] for n, w in chain) / total for k in range(len(initial))]
+                row(mode, stage, score(weights), visits)
+                continue
             chosen = [largest] if mode == "warm-start" and server_round == 1 else range(len(sites))
             models = [
                 fit(weights, sites[i], args.epochs, seed=server_round * 10 + i) for i in chosen
@@ -143,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
                 sum(n * m[k] for n, m in zip(sizes, models, strict=True)) / sum(sizes)
                 for k in range(len(initial))
             ]
-            stage = f"round {server_round} ({server_round * args.epochs} epochs)"
             row(mode, stage, score(weights), [score(m) for m in models])
     seconds = time.perf_counter() - began
 
@@ -157,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Written by `python benchmarks/averaging_vs_pooled.py{_flags(args, default)}` on "
         f"{cpu_model()}, in "
-        f"{seconds / 60:.1f} min. The final stores of `fedge demo`'s default run on the "
+        f"{seconds / 60:.1f} min. The final stores of `fedge demo --schedule parallel` on the "
         f"bundled clip: {len(sites)} sites with {'/'.join(str(len(s)) for s in sites)} "
         f"training frames, {len(held)} teacher-labelled held-out frames "
-        f"({sum(len(e.boxes) for e in held)} people). Adam {LEARNING_RATE}, batch {BATCH}, "
+        f"({sum(len(e.boxes) for e in held)} people). Adam {args.learning_rate:g}, batch {BATCH}, "
         f"augmentation, {args.epochs} epochs a round; mAP@0.5 of the float model after "
         "re-estimating batch-norm statistics on the pooled frames. `site_map50`: each "
         "site's own model of that round, before averaging (warm-start round 1: the "
-        "largest site's alone).",
+        "largest site's alone; cyclic: the model after each site's turn, in training "
+        "order, the last one being the round's model).",
         "",
         "| mode | stage | global mAP@0.5 | sites' own models |",
         "|---|---|---:|---|",
@@ -180,11 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _flags(args: argparse.Namespace, default: bool) -> str:
     """The options that differ from the defaults, as typed (for the result's header)."""
+    rate = "" if args.learning_rate == LEARNING_RATE else f" --learning-rate {args.learning_rate:g}"
+    if args.warmup_steps:
+        rate += f" --warmup-steps {args.warmup_steps}"
     if default and args.pooled_epochs == "15,30" and args.modes == "fedavg,warm-start":
-        return ""
+        return rate
     return (
         f" --rounds {args.rounds} --epochs {args.epochs} --pooled-epochs "
-        f"'{args.pooled_epochs}' --modes {args.modes}"
+        f"'{args.pooled_epochs}' --modes {args.modes}{rate}"
     )
 
 

@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fusion", default="mean")
     parser.add_argument("--cold-start-share", type=float, default=0.2)
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
+    parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         fusion=args.fusion,
         local_epochs=args.local_epochs,
         warm_start=args.warm_start,
+        schedule=args.schedule,
         cold_start_share=args.cold_start_share,
         app_dir=REPO,
     )
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{cpu_model()}, Python {sys.version.split()[0]}; `{args.source.name}`: "
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
-        f"{args.local_epochs} local epochs{', warm start' if args.warm_start else ''}; run "
+        f"{args.local_epochs} local epochs{', warm start' if args.warm_start else ''}, "
+        f"train-schedule {args.schedule}; run "
         f"{time.strftime('%Y-%m-%d %H:%M')} in "
         f"{seconds / 60:.1f} min"
         + (

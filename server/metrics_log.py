@@ -6,7 +6,8 @@ Keys of each line: ``round``, ``time`` (UNIX seconds), ``seconds`` (round wall t
 ``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes``
 (non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received``
 (serialized message content, server view), ``raw_bytes_received`` (the same weights
-as dense float32), and ``dp_*`` (noise std-dev, clipping norm)
+as dense float32), ``aggregated``, ``warm_start_node``, ``cyclic_order`` (the nodes of a
+cyclic round in training order), and ``dp_*`` (noise std-dev, clipping norm)
 for runs with differential privacy.
 """
 
@@ -70,6 +71,7 @@ class MetricsLog:
             "raw_bytes_received": report.raw_bytes_received,
             "aggregated": report.aggregated,
             "warm_start_node": report.warm_start_node,
+            "cyclic_order": list(report.cyclic_order),
             **(extra or {}),
         }
         with self.path.open("a") as handle:

@@ -17,6 +17,18 @@ after round 2 the average of three round-1 models scores 0.016 where a site's ow
 scores up to 0.51, and 0.244 when round 1 kept one site's model; 0.330 against 0.411 after
 round 3. From round 2 on every node starts from the one warm model and the strategy
 aggregates as usual.
+
+**Cyclic rounds** (``cyclic``; ``train-schedule``, cyclic weight transfer: Chang et al.,
+JAMIA 2018; Sheller et al., 2020): the sampled nodes train one after another, each from
+the model the previous one returned, and the round's model is the last node's. The order
+is by node id, rotated by one node every round so no node is always last. The strategy
+(FedAvg or FedProx: their aggregate of one model is that model) still aggregates the
+replies' metrics; its averaged weights are not used. A node that fails, or returns an
+undecodable or non-finite model, is skipped: the next one starts from the model before
+it. The same offline comparison: after round 1 the chained model of the three sites
+scores 0.780 where FedAvg's average scores 0.001 (pooled training: 0.536 after 15 epochs,
+0.801 after 30). The price is time: a round lasts as long as every node's training in a
+row (on one machine, as in the demo, the nodes share the cores anyway).
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -73,6 +85,8 @@ class RoundReport:
     raw_bytes_received: int = 0
     warm_start_node: int | None = None
     """The node whose model alone was kept in a warm-start round (``None``: no warm start)."""
+    cyclic_order: list[int] = field(default_factory=list)
+    """The nodes of a cyclic round in training order (empty: a parallel round)."""
     aggregated: bool = False
     """Whether the strategy aggregated new weights this round (no successful train reply:
     ``False``, and ``arrays`` are the previous round's)."""
@@ -138,6 +152,74 @@ def _dense_bytes(replies: list[Message]) -> int:
     return total
 
 
+def _train_in_parallel(
+    grid: Grid, messages: list[Message], arrays: ArrayRecord, timeout: float, report: RoundReport
+) -> tuple[list[Message], None]:
+    """Send every train message at once; the decoded, finite replies (``report`` counts
+    bytes, failures and rejections)."""
+    replies, sent, received = _exchange(grid, messages, timeout)
+    report.bytes_sent += sent
+    report.bytes_received += received
+    report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
+    replies, undecodable = decode_replies(replies, arrays)
+    report.raw_bytes_received += _dense_bytes(replies)
+    kept, rejected = split_non_finite(replies)
+    report.rejected_nodes = [r.metadata.src_node_id for r in undecodable + rejected]
+    return kept, None
+
+
+def _train_in_turn(
+    grid: Grid,
+    messages: list[Message],
+    arrays: ArrayRecord,
+    server_round: int,
+    timeout: float,
+    report: RoundReport,
+) -> tuple[list[Message], ArrayRecord | None]:
+    """Send the train messages one at a time, each carrying the model the previous node
+    returned (module docstring: cyclic rounds); the kept replies in training order and
+    the last kept model (``None`` when no node trained)."""
+    order = sorted(messages, key=lambda m: m.metadata.dst_node_id)
+    if order:
+        shift = (server_round - 1) % len(order)
+        order = order[shift:] + order[:shift]
+    current, kept = arrays, []
+    for message in order:
+        key = _arrays_key(message)
+        if key is not None:  # the strategy's messages share one RecordDict: give each its own
+            message.content = RecordDict({**message.content, key: current})
+        report.cyclic_order.append(message.metadata.dst_node_id)
+        replies, undecodable, rejected = _exchange_one(grid, message, current, timeout, report)
+        report.rejected_nodes += [r.metadata.src_node_id for r in undecodable + rejected]
+        for reply in replies:
+            record = reply.content.array_records.get("arrays") if reply.has_content() else None
+            if record is not None:
+                current = record
+            kept.append(reply)
+    chained = current if any(r.has_content() for r in kept) else None
+    return kept, chained
+
+
+def _exchange_one(
+    grid: Grid, message: Message, base: ArrayRecord, timeout: float, report: RoundReport
+) -> tuple[list[Message], list[Message], list[Message]]:
+    """One node's train exchange: its kept reply (or none), undecodable and non-finite."""
+    replies, sent, received = _exchange(grid, [message], timeout)
+    report.bytes_sent += sent
+    report.bytes_received += received
+    report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
+    replies, undecodable = decode_replies(replies, base)
+    report.raw_bytes_received += _dense_bytes(replies)
+    kept, rejected = split_non_finite(replies)
+    return kept, undecodable, rejected
+
+
+def _arrays_key(message: Message) -> str | None:
+    """The key of the message's one ArrayRecord (the model it carries), if it has one."""
+    keys = list(message.content.array_records) if message.has_content() else []
+    return keys[0] if len(keys) == 1 else None
+
+
 def _exchange(
     grid: Grid, messages: list[Message], timeout: float
 ) -> tuple[list[Message], int, int]:
@@ -176,9 +258,11 @@ def run_rounds(
     timeout: float = 3600.0,
     sampling_seed: int = 0,
     warm_start_round: int | None = None,
+    cyclic: bool = False,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` and return the final global arrays;
-    ``warm_start_round`` keeps one node's model in that round (module docstring)."""
+    ``warm_start_round`` keeps one node's model in that round, ``cyclic`` trains the nodes
+    of every round one after another (module docstring)."""
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
         start = time.perf_counter()
@@ -186,14 +270,10 @@ def run_rounds(
 
         with seeded_node_sampling(sampling_seed, server_round):
             messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
-        replies, sent, received = _exchange(grid, messages, timeout)
-        report.bytes_sent += sent
-        report.bytes_received += received
-        report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
-        replies, undecodable = decode_replies(replies, arrays)
-        report.raw_bytes_received += _dense_bytes(replies)
-        kept, rejected = split_non_finite(replies)
-        report.rejected_nodes = [r.metadata.src_node_id for r in undecodable + rejected]
+        if cyclic:
+            kept, chained = _train_in_turn(grid, messages, arrays, server_round, timeout, report)
+        else:
+            kept, chained = _train_in_parallel(grid, messages, arrays, timeout, report)
         report.train_clients = _client_reports(kept)
         trained = [r for r in kept if r.has_content()]  # error replies carry no model
         if server_round == warm_start_round and len(trained) > 1:
@@ -201,7 +281,7 @@ def run_rounds(
             report.warm_start_node = kept[0].metadata.src_node_id
         new_arrays, train_metrics = strategy.aggregate_train(server_round, kept)
         if new_arrays is not None:
-            arrays = new_arrays
+            arrays = chained if chained is not None else new_arrays
             report.aggregated = True
         report.train = dict(train_metrics or {})
 

@@ -125,6 +125,7 @@ def main(grid: Grid, context: Context) -> None:
         on_round_end=on_round_end,
         sampling_seed=cfg.seed,
         warm_start_round=1 if task.warm_start(cfg) else None,
+        cyclic=cfg.cyclic,
     )
     np.savez(run_dir / "final_weights.npz", *final.to_numpy_ndarrays())
 

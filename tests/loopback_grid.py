@@ -22,7 +22,8 @@ __all__ = ["LoopbackGrid", "run_loopback_rounds"]
 
 class LoopbackGrid(Grid):
     """``num_nodes`` nodes, node ``i`` with ``partition-id=i`` plus ``node_configs[i]``
-    (e.g. a ``store-dir``); replies in node order, every reply kept in ``replies``."""
+    (e.g. a ``store-dir``); replies in node order, every message kept in ``sent`` and every
+    reply in ``replies``."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class LoopbackGrid(Grid):
     ) -> None:
         self._app = client_app
         self.replies: list[Message] = []
+        self.sent: list[Message] = []
         extra = node_configs or [{} for _ in range(num_nodes)]
         TaskIdentity.run_id = 1  # what a real ServerApp process has set
         TaskIdentity.node_id = 0
@@ -75,6 +77,7 @@ class LoopbackGrid(Grid):
         raises becomes an error reply, as a SuperNode makes one."""
         replies = []
         for message in messages:
+            self.sent.append(message)
             node_id = message.metadata.dst_node_id
             try:
                 reply = self._app(message, self._contexts[node_id])

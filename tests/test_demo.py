@@ -161,6 +161,11 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     ]
     assert lines[2]["model_bytes"] > 0 and lines[2]["bytes_down"] == 2 * lines[2]["model_bytes"]
     assert lines[2]["flower"]["installed_on"] == 2
+    # the Flower rounds trained the sites in turn (train-schedule auto: cyclic for the
+    # detector), the first site of round 2 being the second of round 1
+    flower = (out / "server" / "demo" / "metrics.jsonl").read_text().splitlines()
+    orders = [json.loads(x)["cyclic_order"] for x in flower]
+    assert len(orders) == 2 and len(set(orders[0])) == 2 and orders[1] == orders[0][::-1]
     # every hard case that left a site went through the cloud and came back as a label
     assert sum(line["labelled"] for line in lines) > 0
     report = (out / "report.md").read_text()

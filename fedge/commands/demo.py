@@ -66,6 +66,14 @@ def register(subparsers: Any) -> None:
         "--local-epochs", type=int, default=15, metavar="N", help="local epochs per round (15)"
     )
     parser.add_argument(
+        "--schedule",
+        choices=("auto", "parallel", "cyclic"),
+        default="auto",
+        help="how a Flower round trains the sites: cyclic (one after another, each from the "
+        "last one's model; what auto picks for the detector) or parallel (FedAvg of models "
+        "trained at once) (train-schedule)",
+    )
+    parser.add_argument(
         "--warm-start",
         action="store_true",
         help="round 1 keeps the model of the site with the most training frames instead of "
@@ -169,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         size=_size(args.size),
         local_epochs=args.local_epochs,
         warm_start=args.warm_start,
+        schedule=args.schedule,
         hard_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
         dedup_window_s=args.dedup_window,

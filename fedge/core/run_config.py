@@ -33,6 +33,8 @@ __all__ = [
     "STRATEGIES",
     "TASKS",
     "TASK_UNSUPPORTED_STRATEGIES",
+    "TRAIN_SCHEDULES",
+    "CYCLIC_STRATEGIES",
     "RunConfig",
     "UnknownStrategyError",
     "parse_set_pairs",
@@ -63,6 +65,17 @@ NO_DP_STRATEGIES = {
     "fednova": "it rescales each client's update by tau_eff * p_i / a_i, so the DP noise "
     "would not bound one client's influence",
 }
+# How a round trains (``server.rounds``): "parallel" (every sampled node from the global
+# model, then the strategy aggregates), "cyclic" (the nodes one after another, each from the
+# previous node's model), or "auto" (cyclic for the tasks in CYCLIC_BY_DEFAULT when the
+# strategy and DP mode allow it, else parallel).
+TRAIN_SCHEDULES = ("auto", "parallel", "cyclic")
+# Strategies whose aggregate of one reply is that reply's model: the only ones a cyclic
+# round can hand its chained model to.
+CYCLIC_STRATEGIES = ("fedavg", "fedprox")
+# Tasks that train cyclically under "auto": the person detector learns from a few dozen
+# labelled frames per site, from random weights, where averaged models fail (server.rounds).
+CYCLIC_BY_DEFAULT = ("person-detector",)
 # "none" and the keys of ``clients.attacks.ATTACKS``.
 ATTACKS = ("none", "sign-flip", "scale", "noise", "nan", "inf")
 # Must equal ``strategies.privacy.DP_MODES``.
@@ -162,6 +175,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "attack": ATTACKS,
     "dp": DP_MODES,
     "detector_export": DETECTOR_EXPORTS,
+    "train_schedule": TRAIN_SCHEDULES,
 }
 
 
@@ -228,6 +242,7 @@ class RunConfig:
     detector_calibration_dir: str = ""
     detector_store_root: str = ""
     detector_warm_start: bool = False
+    train_schedule: str = "auto"
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -258,11 +273,42 @@ class RunConfig:
                 f"strategy {self.strategy} cannot run with dp={self.dp}: "
                 f"{NO_DP_STRATEGIES[self.strategy]}; use dp=none or another strategy"
             )
+        if self.train_schedule == "cyclic":
+            if self.strategy not in CYCLIC_STRATEGIES:
+                raise ConfigError(
+                    f"train-schedule=cyclic hands each round the last node's model, which "
+                    f"strategy {self.strategy} would not keep; use "
+                    f"{' or '.join(CYCLIC_STRATEGIES)}, or train-schedule=parallel"
+                )
+            if self.dp != "none":
+                raise ConfigError(
+                    "train-schedule=cyclic passes one node's model to the next unclipped and "
+                    "un-noised; use dp=none or train-schedule=parallel"
+                )
+            if self.detector_warm_start:
+                raise ConfigError(
+                    "detector-warm-start picks one model among parallel replies; a cyclic "
+                    "round has one chained model: use one or the other"
+                )
         if self.compression.enabled and self.dp.startswith("client-"):
             raise ConfigError(
                 "client-side DP clipping needs full weights; turn compression off "
                 "(compression-bits=32, compression-topk=1.0) or use a server-side dp mode"
             )
+
+    @property
+    def cyclic(self) -> bool:
+        """Whether rounds train the nodes one after another (``train-schedule``; "auto":
+        for the tasks in ``CYCLIC_BY_DEFAULT`` with a cyclic strategy, no DP and no warm
+        start)."""
+        if self.train_schedule != "auto":
+            return self.train_schedule == "cyclic"
+        return (
+            self.task in CYCLIC_BY_DEFAULT
+            and self.strategy in CYCLIC_STRATEGIES
+            and self.dp == "none"
+            and not self.detector_warm_start
+        )
 
     @property
     def compression(self) -> CompressionConfig:

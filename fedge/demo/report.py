@@ -120,7 +120,8 @@ def _markdown(result: DemoResult, options: DemoOptions) -> str:
         "",
         f"Source `{options.source}`: {result.plan.describe()}. Privacy `{options.privacy}`, "
         f"fusion `{options.fusion}`, {options.rounds} Flower rounds of `person-detector` "
-        f"(FedAvg, {options.local_epochs} local epochs"
+        f"(FedAvg, {'cyclic' if options.cyclic else 'parallel'} rounds, "
+        f"{options.local_epochs} local epochs"
         f"{', warm start' if options.warm_start else ''}), seed {options.seed}; "
         f"{result.seconds / 60:.1f} min.",
         "",

@@ -89,6 +89,7 @@ class DemoOptions:
     size: tuple[int, int] | None = (640, 480)
     local_epochs: int = 15
     warm_start: bool = False
+    schedule: str = "auto"
     batch_size: int = 4
     learning_rate: float = 0.01
     held_out_share: float = 0.2
@@ -104,6 +105,17 @@ class DemoOptions:
     app_dir: Path = field(default_factory=lambda: Path.cwd())
     round_timeout_s: float = 900.0
     stage_timeout_s: float = 300.0
+
+    @property
+    def cyclic(self) -> bool:
+        """Whether the Flower rounds train the sites one after another (``--schedule``)."""
+        from fedge.core.run_config import RunConfig
+
+        return RunConfig(
+            task="person-detector",
+            train_schedule=self.schedule,
+            detector_warm_start=self.warm_start,
+        ).cyclic
 
 
 @dataclass
@@ -191,11 +203,14 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
         "fraction-evaluate": 1.0,  # the nodes' held-out score bins calibrate each version
         "local-epochs": options.local_epochs,
         "detector-warm-start": options.warm_start,
+        "train-schedule": options.schedule,
         "detector-batch-size": options.batch_size,
         "detector-learning-rate": options.learning_rate,
         "detector-int8-eval-every": 0,  # the demo scores the installed int8 model itself
         "detector-export": "int8",
-        "cpu-threads": 1,
+        # parallel: three training processes share the cores, one thread each; cyclic: one
+        # node trains at a time, with every core
+        "cpu-threads": 0 if options.cyclic else 1,
         "run-name": "demo",
         "seed": options.seed,
         "output-dir": str(out),
