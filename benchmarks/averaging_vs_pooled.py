@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="local epochs a round (15)")
     parser.add_argument("--pooled-epochs", default="15,30", help="pooled scores after these")
     parser.add_argument("--modes", default="fedavg,warm-start", help="federated modes to run")
-    parser.add_argument("--warmup-steps", type=int, default=0,
-                        help="ramp the learning rate up over this many steps (0)")  # fmt: skip
+    parser.add_argument("--lr-decay", type=float, default=1.0,
+                        help="round r trains at learning-rate * lr-decay^(r-1) (1.0)")  # fmt: skip
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
                         help=f"Adam's learning rate ({LEARNING_RATE})")  # fmt: skip
     args = parser.parse_args(argv)
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "averaging_vs_pooled" + ("" if default else f"_{args.rounds}x{args.epochs}")
     if args.learning_rate != LEARNING_RATE:
         name += f"_lr{args.learning_rate:g}"
-    if args.warmup_steps:
-        name += f"_warmup{args.warmup_steps}"
+    if args.lr_decay != 1.0:
+        name += f"_decay{args.lr_decay:g}"
     if args.modes != "fedavg,warm-start":
         name += "_" + args.modes.replace(",", "_")
     work = args.work
@@ -122,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         trainer.recompute_statistics(pooled)
         return map50(held, predict_float(trainer.model, held, trainer.spec))
 
-    def fit(weights: list[Any], examples: list[Any], epochs: int, seed: int) -> list[Any]:
+    def fit(
+        weights: list[Any], examples: list[Any], epochs: int, seed: int, server_round: int = 1
+    ) -> list[Any]:
         trainer.set_weights(weights)
         batches = StoreBatches(examples, trainer.spec, batch_size=BATCH, augmentation=True,
                                seed=seed)  # fmt: skip
-        trainer.fit(batches, epochs=epochs, learning_rate=args.learning_rate, proximal_mu=0.0,
-                    warmup_steps=args.warmup_steps)  # fmt: skip
+        rate = args.learning_rate * args.lr_decay ** (server_round - 1)
+        trainer.fit(batches, epochs=epochs, learning_rate=rate, proximal_mu=0.0)
         trainer.recompute_statistics(examples)
         return trainer.get_weights()
 
@@ -149,21 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         weights = initial
         for server_round in range(1, args.rounds + 1):
             stage = f"round {server_round} ({server_round * args.epochs} epochs)"
-            if mode in ("cyclic", "cyclic-mean"):
-                visits, chain = [], []
+            if mode == "cyclic":
+                visits = []
                 for j in range(len(sites)):
                     i = (server_round - 1 + j) % len(sites)
-                    weights = fit(weights, sites[i], args.epochs, seed=server_round * 10 + i)
+                    weights = fit(weights, sites[i], args.epochs, server_round * 10 + i,
+                                  server_round)  # fmt: skip
                     visits.append(score(weights))
-                    chain.append((len(sites[i]), weights))
-                if mode == "cyclic-mean":  # the round's model: the chain's models averaged
-                    total = sum(n for n, _ in chain)
-                    weights = [sum(n * w[k] for n, w in chain) / total for k in range(len(initial))]
-                row(mode, stage, score(weights), visits)
+                row(mode, stage, visits[-1], visits)
                 continue
             chosen = [largest] if mode == "warm-start" and server_round == 1 else range(len(sites))
             models = [
-                fit(weights, sites[i], args.epochs, seed=server_round * 10 + i) for i in chosen
+                fit(weights, sites[i], args.epochs, server_round * 10 + i, server_round)
+                for i in chosen
             ]
             sizes = [len(sites[i]) for i in chosen]
             weights = [
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 def _flags(args: argparse.Namespace, default: bool) -> str:
     """The options that differ from the defaults, as typed (for the result's header)."""
     rate = "" if args.learning_rate == LEARNING_RATE else f" --learning-rate {args.learning_rate:g}"
-    if args.warmup_steps:
-        rate += f" --warmup-steps {args.warmup_steps}"
+    if args.lr_decay != 1.0:
+        rate += f" --lr-decay {args.lr_decay:g}"
     if default and args.pooled_epochs == "15,30" and args.modes == "fedavg,warm-start":
         return rate
     return (

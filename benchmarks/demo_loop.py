@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/demo_loop.py                       # vtest.avi, 3 sites, 10 rounds
     python benchmarks/demo_loop.py --source data/samples/vtest_clip.mp4 --rounds 3 \
+        --cold-start-share 0.4 \
         --out-dir benchmarks/results/demo_clip           # the README's default demo
 """
 

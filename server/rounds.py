@@ -157,15 +157,7 @@ def _train_in_parallel(
 ) -> tuple[list[Message], None]:
     """Send every train message at once; the decoded, finite replies (``report`` counts
     bytes, failures and rejections)."""
-    replies, sent, received = _exchange(grid, messages, timeout)
-    report.bytes_sent += sent
-    report.bytes_received += received
-    report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
-    replies, undecodable = decode_replies(replies, arrays)
-    report.raw_bytes_received += _dense_bytes(replies)
-    kept, rejected = split_non_finite(replies)
-    report.rejected_nodes = [r.metadata.src_node_id for r in undecodable + rejected]
-    return kept, None
+    return _train_exchange(grid, messages, arrays, timeout, report), None
 
 
 def _train_in_turn(
@@ -189,9 +181,7 @@ def _train_in_turn(
         if key is not None:  # the strategy's messages share one RecordDict: give each its own
             message.content = RecordDict({**message.content, key: current})
         report.cyclic_order.append(message.metadata.dst_node_id)
-        replies, undecodable, rejected = _exchange_one(grid, message, current, timeout, report)
-        report.rejected_nodes += [r.metadata.src_node_id for r in undecodable + rejected]
-        for reply in replies:
+        for reply in _train_exchange(grid, [message], current, timeout, report):
             record = reply.content.array_records.get("arrays") if reply.has_content() else None
             if record is not None:
                 current = record
@@ -200,18 +190,21 @@ def _train_in_turn(
     return kept, chained
 
 
-def _exchange_one(
-    grid: Grid, message: Message, base: ArrayRecord, timeout: float, report: RoundReport
-) -> tuple[list[Message], list[Message], list[Message]]:
-    """One node's train exchange: its kept reply (or none), undecodable and non-finite."""
-    replies, sent, received = _exchange(grid, [message], timeout)
+def _train_exchange(
+    grid: Grid, messages: list[Message], base: ArrayRecord, timeout: float, report: RoundReport
+) -> list[Message]:
+    """Send ``messages``; return the replies decoded against ``base`` and finite (error
+    replies kept for the strategy to log), after counting bytes, failed nodes and rejected
+    nodes (undecodable or non-finite) in ``report``."""
+    replies, sent, received = _exchange(grid, messages, timeout)
     report.bytes_sent += sent
     report.bytes_received += received
     report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
     replies, undecodable = decode_replies(replies, base)
     report.raw_bytes_received += _dense_bytes(replies)
     kept, rejected = split_non_finite(replies)
-    return kept, undecodable, rejected
+    report.rejected_nodes += [r.metadata.src_node_id for r in undecodable + rejected]
+    return kept
 
 
 def _arrays_key(message: Message) -> str | None:

@@ -90,9 +90,10 @@ class LoopbackGrid(Grid):
 
 
 def run_loopback_rounds(
-    run_config: Any, num_nodes: int, rounds: int
+    run_config: Any, num_nodes: int, rounds: int, grid: LoopbackGrid | None = None
 ) -> tuple[list[Any], list[Any], list[Any], Any]:
-    """Run ``rounds`` real rounds of the app's ClientApp and strategy over a LoopbackGrid.
+    """Run ``rounds`` real rounds of the app's ClientApp and strategy over a LoopbackGrid
+    (``grid``, or a new one of ``num_nodes``), with the run config's train schedule.
 
     Returns (initial weights, final weights, round reports, the strategy).
     """
@@ -103,7 +104,7 @@ def run_loopback_rounds(
     from server.rounds import run_rounds
     from server.server_app import configured_strategy
 
-    grid = LoopbackGrid(client_app, num_nodes, run_config.to_mapping())
+    grid = grid or LoopbackGrid(client_app, num_nodes, run_config.to_mapping())
     strategy = configured_strategy(run_config, grid)
     evaluator = CentralEvaluator(run_config)
     initial = evaluator.initial_arrays()
@@ -118,5 +119,6 @@ def run_loopback_rounds(
         evaluate_config=ConfigRecord(),
         evaluate_fn=evaluator,
         on_round_end=reports.append,
+        cyclic=run_config.cyclic,
     )
     return initial.to_numpy_ndarrays(), final.to_numpy_ndarrays(), reports, strategy

@@ -6,38 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message
-from loopback_grid import LoopbackGrid
+from flwr.app import Message
+from loopback_grid import LoopbackGrid, run_loopback_rounds
 
 from clients.client_app import app as client_app
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig
-from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
-from server.server_app import configured_strategy
+from server.rounds import RoundReport
 
 NODES = 3
 
 
-def _run(cfg: RunConfig, rounds: int) -> tuple[list[np.ndarray], LoopbackGrid, list[RoundReport],
-                                                 list[np.ndarray]]:  # fmt: skip
+def _run(
+    cfg: RunConfig, rounds: int
+) -> tuple[list[np.ndarray], LoopbackGrid, list[RoundReport], list[np.ndarray]]:
     grid = LoopbackGrid(client_app, NODES, cfg.to_mapping())
-    reports: list[RoundReport] = []
-    initial = CentralEvaluator(cfg).initial_arrays()
-    start = initial.to_numpy_ndarrays()
-    final = run_rounds(
-        configured_strategy(cfg, grid),
-        grid,
-        initial,
-        first_round=1,
-        last_round=rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=None,
-        on_round_end=reports.append,
-        cyclic=cfg.cyclic,
-    )
-    return final.to_numpy_ndarrays(), grid, reports, start
+    start, final, reports, _ = run_loopback_rounds(cfg, NODES, rounds, grid=grid)
+    return final, grid, reports, start
 
 
 def _config(**overrides: object) -> RunConfig:

@@ -116,6 +116,14 @@ def test_more_sites_than_the_source_allows_is_refused(tmp_path: Path) -> None:
     assert _processes_mentioning(out) == []
 
 
+def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _demo("--schedule", "cyclic", "--warm-start", "--out", str(out))
+    assert done.returncode == 2
+    assert "detector-warm-start" in _one_line_error(done.stderr)
+    assert not out.exists()
+
+
 def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) -> None:
     from fedge.local_federation import free_port
 

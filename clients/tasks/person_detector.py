@@ -181,21 +181,9 @@ class DetectorTrainer:
         self.model.set_weights(list(weights))
 
     def fit(
-        self,
-        batches: StoreBatches,
-        *,
-        epochs: int,
-        learning_rate: float,
-        proximal_mu: float,
-        warmup_steps: int = 0,
+        self, batches: StoreBatches, *, epochs: int, learning_rate: float, proximal_mu: float
     ) -> tuple[list[float], float]:
-        """Train in place from fresh Adam state; return the loss per epoch and seconds.
-
-        ``warmup_steps`` > 0 ramps the learning rate linearly from ``learning_rate /
-        warmup_steps`` to ``learning_rate`` over the first steps: fresh Adam moves every
-        weight by about the learning rate in its first steps, whatever the gradient.
-        """
-        import keras
+        """Train in place from fresh Adam state; return the loss per epoch and seconds."""
         import tensorflow as tf
 
         for variable in self.optimizer.variables:
@@ -204,19 +192,8 @@ class DetectorTrainer:
         self._mu.assign(proximal_mu)
         for start, variable in zip(self._start, self._trainable, strict=True):
             start.assign(variable)
-        callbacks = []
-        if warmup_steps > 0:
-            rate, steps = self.optimizer.learning_rate, [0]
-
-            def ramp(batch: int, logs: Any = None) -> None:
-                steps[0] += 1
-                rate.assign(learning_rate * min(1.0, steps[0] / warmup_steps))
-
-            callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_begin=ramp))
         began = time.perf_counter()
-        history = self._train_model.fit(
-            batches, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks
-        )
+        history = self._train_model.fit(batches, epochs=epochs, verbose=0, shuffle=False)
         seconds = time.perf_counter() - began
         return [float(v) for v in history.history["loss"]], seconds
 

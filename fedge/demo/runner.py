@@ -169,6 +169,7 @@ def check_options(options: DemoOptions) -> None:
         value = getattr(options, name)
         if not np.isfinite(value) or value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    options.cyclic  # noqa: B018 - --schedule cyclic with --warm-start raises ConfigError here
     if options.out.exists() and any(options.out.iterdir()):
         raise ConfigError(f"--out {options.out} is not empty: pick a new folder")
     if not (options.app_dir / "pyproject.toml").is_file():
