@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=VTEST)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--local-epochs", type=int, default=15)
+    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--lr-decay", type=float, default=0.5)
     parser.add_argument("--privacy", default="crops")
     parser.add_argument("--fusion", default="mean")
     parser.add_argument("--cold-start-share", type=float, default=0.2)
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         privacy=args.privacy,
         fusion=args.fusion,
         local_epochs=args.local_epochs,
+        lr_decay=args.lr_decay,
         warm_start=args.warm_start,
         schedule=args.schedule,
         cold_start_share=args.cold_start_share,
@@ -247,10 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(work / "rounds.jsonl", out / "rounds.jsonl")
     shutil.copy(work / "report.md", out / "report.md")
     shutil.copytree(work / "plots", out / "plots", dirs_exist_ok=True)
+    # each version's manifest: its score calibration (the uncertainty band the sites used)
+    (out / "manifests").mkdir(exist_ok=True)
+    for manifest in sorted((work / "server" / "demo" / "models").glob("*.json")):
+        shutil.copy(manifest, out / "manifests" / manifest.name)
     header = (
         f"{cpu_model()}, Python {sys.version.split()[0]}; `{args.source.name}`: "
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
-        f"{args.local_epochs} local epochs{', warm start' if args.warm_start else ''}, "
+        f"{args.local_epochs} local epochs, lr decay {args.lr_decay:g}"
+        f"{', warm start' if args.warm_start else ''}, "
         f"train-schedule {args.schedule}; run "
         f"{time.strftime('%Y-%m-%d %H:%M')} in "
         f"{seconds / 60:.1f} min"

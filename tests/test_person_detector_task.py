@@ -509,6 +509,22 @@ def test_fedprox_holds_local_weights_closer_to_the_global_model(site_stores: lis
 
 
 @pytest.mark.slow
+def test_later_rounds_train_at_the_decayed_learning_rate(site_stores: list[Path]) -> None:
+    from clients.tasks.person_detector import _node_trainer
+
+    cfg = RunConfig.from_mapping(
+        {**RUN, "local-epochs": 1, "detector-max-frames": 4, "detector-lr-decay": 0.5}
+    )
+    task = get_task("person-detector")
+    node = task.node_setup(cfg, {"store-dir": str(site_stores[0]), "partition-id": 0})
+    start = task.initial_weights(cfg)
+    for server_round, factor in ((1, 1.0), (3, 0.25)):
+        task.train(cfg, node, start, server_round=server_round, proximal_mu=0.0, correction=None)
+        rate = float(_node_trainer(cfg.cpu_threads).optimizer.learning_rate.numpy())
+        assert rate == pytest.approx(cfg.detector_learning_rate * factor, rel=1e-6)
+
+
+@pytest.mark.slow
 def test_fedge_simulate_trains_the_detector_on_a_store_root_and_each_node_installs_it(
     site_stores: list[Path], tmp_path: Path
 ) -> None:

@@ -15,8 +15,9 @@ Keras ``fit`` on the detector's training model with the helper's loss
 (``models.person_detector.detection_loss``: focal + Huber) plus FedProx's
 ``mu/2 * ||w - w_global||^2`` over the trainable weights (``proximal-mu`` from the
 strategy's train config; 0 for strategies without it). Adam at
-``detector-learning-rate``, its state reset every round (as a fresh optimizer, without
-re-tracing the graph); ``local-epochs`` passes over the training examples of
+``detector-learning-rate`` times ``detector-lr-decay`` to the power of the rounds before
+this one, its state reset every round (as a fresh optimizer, without re-tracing the
+graph); ``local-epochs`` passes over the training examples of
 :mod:`clients.tasks.detector_data` (``detector-max-frames`` caps them with a seeded sample
 per round), ``detector-batch-size`` frames per batch read from the JPEGs. Afterwards the
 batch-norm statistics are recomputed on up to :data:`STATISTICS_FRAMES` training frames
@@ -362,7 +363,7 @@ class PersonDetectorTask:
         losses, seconds = trainer.fit(
             batches,
             epochs=cfg.local_epochs,
-            learning_rate=cfg.detector_learning_rate,
+            learning_rate=cfg.detector_learning_rate * cfg.detector_lr_decay ** (server_round - 1),
             proximal_mu=proximal_mu,
         )
         trainer.recompute_statistics(train)

@@ -63,7 +63,14 @@ def register(subparsers: Any) -> None:
         help="frames are resized to WxH ('native' keeps them; default 640x480)",
     )
     parser.add_argument(
-        "--local-epochs", type=int, default=15, metavar="N", help="local epochs per round (15)"
+        "--local-epochs", type=int, default=10, metavar="N", help="local epochs per round (10)"
+    )
+    parser.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="round r trains at Adam 0.01 x F^(r-1) (0.5; detector-lr-decay)",
     )
     parser.add_argument(
         "--schedule",
@@ -176,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         size=_size(args.size),
         local_epochs=args.local_epochs,
+        lr_decay=args.lr_decay,
         warm_start=args.warm_start,
         schedule=args.schedule,
         hard_per_minute=args.hard_per_minute,

@@ -159,6 +159,10 @@ _RANGES: dict[str, tuple[_Range, str]] = {
     "dp_target_quantile": (_Range(0, 1, low_closed=False), "dp=*-adaptive"),
     "cpu_threads": (_AT_LEAST_0, "0 = TensorFlow's choice"),
     "detector_learning_rate": (_POSITIVE, "person-detector: Adam"),
+    "detector_lr_decay": (
+        _Range(0, 1, low_closed=False, high_closed=True),
+        "person-detector: round r trains at the rate times decay^(r-1)",
+    ),
     "detector_batch_size": (_AT_LEAST_1, "person-detector"),
     "detector_max_frames": (_AT_LEAST_0, "person-detector; 0 = every training frame"),
     "detector_own_weight": (_SHARE, "person-detector"),
@@ -230,6 +234,7 @@ class RunConfig:
     cpu_threads: int = 0
     # person-detector only (validated for every task; see clients.tasks.person_detector)
     detector_learning_rate: float = 0.005
+    detector_lr_decay: float = 1.0
     detector_batch_size: int = 8
     detector_max_frames: int = 0
     detector_own_weight: float = 0.5

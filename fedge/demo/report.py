@@ -121,7 +121,8 @@ def _markdown(result: DemoResult, options: DemoOptions) -> str:
         f"Source `{options.source}`: {result.plan.describe()}. Privacy `{options.privacy}`, "
         f"fusion `{options.fusion}`, {options.rounds} Flower rounds of `person-detector` "
         f"(FedAvg, {'cyclic' if options.cyclic else 'parallel'} rounds, "
-        f"{options.local_epochs} local epochs"
+        f"{options.local_epochs} local epochs, Adam {options.learning_rate:g} x "
+        f"{options.lr_decay:g}^(round-1)"
         f"{', warm start' if options.warm_start else ''}), seed {options.seed}; "
         f"{result.seconds / 60:.1f} min.",
         "",

@@ -87,11 +87,12 @@ class DemoOptions:
     privacy: str = "crops"
     fusion: str = "mean"
     size: tuple[int, int] | None = (640, 480)
-    local_epochs: int = 15
+    local_epochs: int = 10
     warm_start: bool = False
     schedule: str = "auto"
     batch_size: int = 4
     learning_rate: float = 0.01
+    lr_decay: float = 0.5
     held_out_share: float = 0.2
     cold_start_share: float = 0.4
     hard_per_minute: float = 60.0
@@ -160,6 +161,8 @@ def check_options(options: DemoOptions) -> None:
         )
     if options.fusion not in FUSION_METHODS:
         raise ConfigError(f"--fusion must be one of {', '.join(FUSION_METHODS)}")
+    if not 0.0 < options.lr_decay <= 1.0:
+        raise ConfigError(f"--lr-decay must lie in (0, 1], got {options.lr_decay}")
     if options.dedup_distance < 0:
         raise ConfigError(f"--dedup-distance must be 0 or more, got {options.dedup_distance}")
     for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons"):
@@ -207,11 +210,10 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
         "train-schedule": options.schedule,
         "detector-batch-size": options.batch_size,
         "detector-learning-rate": options.learning_rate,
+        "detector-lr-decay": options.lr_decay,
         "detector-int8-eval-every": 0,  # the demo scores the installed int8 model itself
         "detector-export": "int8",
-        # parallel: three training processes share the cores, one thread each; cyclic: one
-        # node trains at a time, with every core
-        "cpu-threads": 0 if options.cyclic else 1,
+        "cpu-threads": 1,  # one thread: the same figures on every run of this CPU
         "run-name": "demo",
         "seed": options.seed,
         "output-dir": str(out),
