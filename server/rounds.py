@@ -21,7 +21,9 @@ aggregates as usual.
 **Cyclic rounds** (``cyclic``; ``train-schedule``, cyclic weight transfer: Chang et al.,
 JAMIA 2018; Sheller et al., 2020): the sampled nodes train one after another, each from
 the model the previous one returned, and the round's model is the last node's. The order
-is by node id, rotated by one node every round so no node is always last. The strategy
+is by partition-id (asked once per run with ``query.node_info``; node ids are random, so
+ordering by them would change from run to run), rotated by one node every round so no
+node is always last. The strategy
 (FedAvg or FedProx: their aggregate of one model is that model) still aggregates the
 replies' metrics; its averaged weights are not used. A node that fails, or returns an
 undecodable or non-finite model, is skipped: the next one starts from the model before
@@ -50,6 +52,7 @@ from server.grid_exchange import send_and_receive
 from server.wire import messages_bytes
 from strategies.compression import UpdateDecodeError, decode_update_record, is_encoded_update
 from strategies.non_finite import split_non_finite
+from strategies.scaffold import NODE_INFO_TYPE, PARTITION_KEY
 
 __all__ = ["ClientReport", "RoundReport", "decode_replies", "run_rounds", "seeded_node_sampling"]
 
@@ -168,10 +171,11 @@ def _train_in_turn(
     timeout: float,
     report: RoundReport,
 ) -> tuple[list[Message], ArrayRecord | None]:
-    """Send the train messages one at a time, each carrying the model the previous node
-    returned (module docstring: cyclic rounds); the kept replies in training order and
-    the last kept model (``None`` when no node trained)."""
-    order = sorted(messages, key=lambda m: m.metadata.dst_node_id)
+    """Send the train messages one at a time, in their order rotated by the round, each
+    carrying the model the previous node returned (module docstring: cyclic rounds); the
+    kept replies in training order and the last kept model (``None`` when no node
+    trained)."""
+    order = list(messages)
     if order:
         shift = (server_round - 1) % len(order)
         order = order[shift:] + order[:shift]
@@ -188,6 +192,42 @@ def _train_in_turn(
             kept.append(reply)
     chained = current if any(r.has_content() for r in kept) else None
     return kept, chained
+
+
+def _learn_partitions(
+    grid: Grid, messages: list[Message], partitions: dict[int, int | None], timeout: float
+) -> None:
+    """Ask the nodes of ``messages`` not in ``partitions`` for their ``partition-id``
+    (``query.node_info``, as SCAFFOLD does) and record it (``None``: the node has none)."""
+    unknown = sorted({m.metadata.dst_node_id for m in messages} - set(partitions))
+    if not unknown:
+        return
+    queries = [
+        Message(content=RecordDict(), message_type=NODE_INFO_TYPE, dst_node_id=node)
+        for node in unknown
+    ]
+    for node in unknown:
+        partitions[node] = None
+    for reply in send_and_receive(grid, queries, timeout=timeout):
+        if reply.has_error() or not reply.has_content():
+            continue
+        info = next(iter(reply.content.metric_records.values()), {})
+        if PARTITION_KEY in info:
+            partitions[reply.metadata.src_node_id] = int(info[PARTITION_KEY])  # type: ignore[arg-type]
+
+
+def _in_partition_order(
+    messages: list[Message], partitions: dict[int, int | None]
+) -> list[Message]:
+    """``messages`` by their node's partition-id (the same order in every run; node ids
+    are drawn at random when a SuperNode registers), nodes without one last, by node id."""
+
+    def key(message: Message) -> tuple[float, int]:
+        partition = partitions.get(message.metadata.dst_node_id)
+        node = message.metadata.dst_node_id
+        return (float("inf") if partition is None else float(partition), node)
+
+    return sorted(messages, key=key)
 
 
 def _train_exchange(
@@ -256,6 +296,7 @@ def run_rounds(
     """Run rounds ``first_round..last_round`` and return the final global arrays;
     ``warm_start_round`` keeps one node's model in that round, ``cyclic`` trains the nodes
     of every round one after another (module docstring)."""
+    partitions: dict[int, int | None] = {}  # node id -> partition-id, for cyclic order
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
         start = time.perf_counter()
@@ -264,6 +305,8 @@ def run_rounds(
         with seeded_node_sampling(sampling_seed, server_round):
             messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
         if cyclic:
+            _learn_partitions(grid, messages, partitions, timeout)
+            messages = _in_partition_order(messages, partitions)
             kept, chained = _train_in_turn(grid, messages, arrays, server_round, timeout, report)
         else:
             kept, chained = _train_in_parallel(grid, messages, arrays, timeout, report)

@@ -41,6 +41,10 @@ def _train_messages(grid: LoopbackGrid) -> list[Message]:
     return [m for m in grid.sent if m.metadata.message_type.startswith("train")]
 
 
+def _train_replies(grid: LoopbackGrid) -> list[Message]:
+    return [m for m in grid.replies if m.metadata.message_type.startswith("train")]
+
+
 def _assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
@@ -49,7 +53,7 @@ def _assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 
 def test_each_node_starts_from_the_previous_nodes_model_and_the_round_keeps_the_last() -> None:
     final, grid, reports, start = _run(_config(), rounds=2)
-    sent, replies = _train_messages(grid), grid.replies
+    sent, replies = _train_messages(grid), _train_replies(grid)
     assert len(sent) == len(replies) == 2 * NODES
     # round 1: node ids in order; round 2: rotated by one node
     assert reports[0].cyclic_order == [1000, 1001, 1002]
@@ -67,10 +71,24 @@ def test_each_node_starts_from_the_previous_nodes_model_and_the_round_keeps_the_
     assert any(not np.array_equal(a, b) for a, b in zip(_arrays(replies[1]), final, strict=True))
 
 
+def test_the_order_follows_partition_ids_not_node_ids() -> None:
+    # node 1000 holds partition 2 and node 1002 partition 0: node ids are random on a real
+    # SuperLink, partition ids are what the operator set
+    cfg = _config()
+    grid = LoopbackGrid(
+        client_app, NODES, cfg.to_mapping(), [{"partition-id": NODES - 1 - i} for i in range(NODES)]
+    )
+    _, _, reports, _ = run_loopback_rounds(cfg, NODES, 2, grid=grid)
+    assert reports[0].cyclic_order == [1002, 1001, 1000]
+    assert reports[1].cyclic_order == [1001, 1000, 1002]
+    queries = [m for m in grid.sent if m.metadata.message_type.startswith("query")]
+    assert len(queries) == NODES  # asked once per run, not every round
+
+
 def test_a_node_with_a_non_finite_model_is_skipped_and_the_next_starts_before_it() -> None:
     # attack "nan" on the first third of the partitions: node 1000, first in round 1
     final, grid, reports, start = _run(_config(attack="nan", malicious_fraction=0.34), rounds=1)
-    sent, replies = _train_messages(grid), grid.replies
+    sent, replies = _train_messages(grid), _train_replies(grid)
     assert reports[0].rejected_nodes == [1000]
     _assert_same(_arrays(sent[1]), start)  # node 1001 starts from the round's model
     _assert_same(_arrays(sent[2]), _arrays(replies[1]))
@@ -94,7 +112,7 @@ def test_compressed_replies_are_decoded_against_the_model_each_node_received() -
 def test_a_parallel_round_averages_and_records_no_order() -> None:
     final, grid, reports, _ = _run(_config(train_schedule="parallel"), rounds=1)
     assert reports[0].cyclic_order == []
-    last = _arrays(grid.replies[-1])
+    last = _arrays(_train_replies(grid)[-1])
     assert any(not np.array_equal(a, b) for a, b in zip(final, last, strict=True))
 
 
