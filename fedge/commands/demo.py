@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from fedge.core.errors import ConfigError
+from fedge.core.run_config import TRAIN_SCHEDULES
 
 __all__ = ["register"]
 
@@ -74,7 +75,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--schedule",
-        choices=("auto", "parallel", "cyclic"),
+        choices=TRAIN_SCHEDULES,
         default="auto",
         help="how a Flower round trains the sites: cyclic (one after another, each from the "
         "last one's model; what auto picks for the detector) or parallel (FedAvg of models "
