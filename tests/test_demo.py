@@ -196,14 +196,16 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
+        # generous: under load the teacher labels the held-out frames slowly before the
+        # SuperNodes start; the bound only keeps a hung demo from hanging the suite
+        deadline = time.monotonic() + 1800
         while not (out / "logs" / "supernode-1.log").exists():
             assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
             assert time.monotonic() < deadline, "the demo never started its SuperNodes"
             time.sleep(0.5)
         assert _processes_mentioning(out)  # cloud, SuperLink, SuperNodes are up
         demo.send_signal(signal.SIGINT)
-        code = demo.wait(timeout=120)
+        code = demo.wait(timeout=600)
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -462,9 +462,12 @@ def test_replies_carry_only_weights_and_numbers_never_frames(federated_run: dict
     shapes = [np.shape(w) for w in federated_run["weights"]]
     weight_bytes = sum(np.asarray(w).nbytes for w in federated_run["weights"])
     replies = federated_run["replies"]
-    kinds = sorted(r.metadata.message_type.split(".")[0] for r in replies)
-    # train, evaluate and the model install query: each site, each of 2 rounds
-    assert kinds == ["evaluate"] * 4 + ["query"] * 4 + ["train"] * 4
+    kinds = sorted(r.metadata.message_type for r in replies)
+    # train, evaluate and the model install query: each site, each of 2 rounds; the
+    # partition-id query of the cyclic order: each site, once per run
+    assert kinds == (
+        ["evaluate"] * 4 + ["query.install_model"] * 4 + ["query.node_info"] * 2 + ["train"] * 4
+    )
     for reply in replies:
         content = reply.content
         for record in content.metric_records.values():  # numbers, or 20 score-bin counts
@@ -606,4 +609,4 @@ def test_a_round_no_node_trained_in_exports_and_sends_nothing(tmp_path: Path) ->
     assert "model" not in row and "export-bytes" not in row
     assert not list((tmp_path / "out" / "detector").glob("models/*.tflite"))
     assert all(not (p / "detector").exists() for p in stores)
-    assert not any(r.metadata.message_type.startswith("query") for r in grid.replies)
+    assert not any(r.metadata.message_type == "query.install_model" for r in grid.replies)
