@@ -23,19 +23,20 @@ JAMIA 2018; Sheller et al., 2020): the sampled nodes train one after another, ea
 the model the previous one returned, and the round's model is the last node's. The order
 is by partition-id (asked once per run with ``query.node_info``; node ids are random, so
 ordering by them would change from run to run), rotated by one node every round so no
-node is always last. The strategy
-(FedAvg or FedProx: their aggregate of one model is that model) still aggregates the
-replies' metrics; its averaged weights are not used. A node that fails, or returns an
-undecodable or non-finite model, is skipped: the next one starts from the model before
-it. The same offline comparison: after round 1 the chained model of the three sites
-scores 0.780 where FedAvg's average scores 0.001 (pooled training: 0.536 after 15 epochs,
-0.801 after 30). The price is time: a round lasts as long as every node's training in a
-row (on one machine, as in the demo, the nodes share the cores anyway).
+node is always last. The strategy (FedAvg or FedProx: their aggregate of one model is
+that model) still aggregates the replies' metrics; its averaged weights are not used. A
+node that fails, or returns an undecodable or non-finite model, is skipped: the next one
+starts from the model before it. The same offline comparison: after round 1 the chained
+model of the three sites scores 0.780 where FedAvg's average scores 0.001 (pooled
+training: 0.536 after 15 epochs, 0.801 after 30). The price is time: a round lasts as
+long as every node's training in a row (on one machine, as in the demo, the nodes share
+the cores anyway).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -52,7 +53,7 @@ from server.grid_exchange import send_and_receive
 from server.wire import messages_bytes
 from strategies.compression import UpdateDecodeError, decode_update_record, is_encoded_update
 from strategies.non_finite import split_non_finite
-from strategies.scaffold import NODE_INFO_TYPE, PARTITION_KEY
+from strategies.scaffold import ask_partitions
 
 __all__ = ["ClientReport", "RoundReport", "decode_replies", "run_rounds", "seeded_node_sampling"]
 
@@ -155,14 +156,6 @@ def _dense_bytes(replies: list[Message]) -> int:
     return total
 
 
-def _train_in_parallel(
-    grid: Grid, messages: list[Message], arrays: ArrayRecord, timeout: float, report: RoundReport
-) -> tuple[list[Message], None]:
-    """Send every train message at once; the decoded, finite replies (``report`` counts
-    bytes, failures and rejections)."""
-    return _train_exchange(grid, messages, arrays, timeout, report), None
-
-
 def _train_in_turn(
     grid: Grid,
     messages: list[Message],
@@ -200,20 +193,10 @@ def _learn_partitions(
     """Ask the nodes of ``messages`` not in ``partitions`` for their ``partition-id``
     (``query.node_info``, as SCAFFOLD does) and record it (``None``: the node has none)."""
     unknown = sorted({m.metadata.dst_node_id for m in messages} - set(partitions))
-    if not unknown:
-        return
-    queries = [
-        Message(content=RecordDict(), message_type=NODE_INFO_TYPE, dst_node_id=node)
-        for node in unknown
-    ]
-    for node in unknown:
-        partitions[node] = None
-    for reply in send_and_receive(grid, queries, timeout=timeout):
-        if reply.has_error() or not reply.has_content():
-            continue
-        info = next(iter(reply.content.metric_records.values()), {})
-        if PARTITION_KEY in info:
-            partitions[reply.metadata.src_node_id] = int(info[PARTITION_KEY])  # type: ignore[arg-type]
+    if unknown:
+        exchange = functools.partial(send_and_receive, grid)
+        partitions.update(dict.fromkeys(unknown))
+        partitions.update(ask_partitions(grid, unknown, timeout, exchange))
 
 
 def _in_partition_order(
@@ -309,7 +292,7 @@ def run_rounds(
             messages = _in_partition_order(messages, partitions)
             kept, chained = _train_in_turn(grid, messages, arrays, server_round, timeout, report)
         else:
-            kept, chained = _train_in_parallel(grid, messages, arrays, timeout, report)
+            kept, chained = _train_exchange(grid, messages, arrays, timeout, report), None
         report.train_clients = _client_reports(kept)
         trained = [r for r in kept if r.has_content()]  # error replies carry no model
         if server_round == warm_start_round and len(trained) > 1:

@@ -65,7 +65,7 @@ Other paths
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,7 @@ __all__ = [
     "STATE_KEY",
     "Scaffold",
     "ScaffoldClient",
+    "ask_partitions",
     "node_info_reply",
 ]
 
@@ -214,6 +215,29 @@ def node_info_reply(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node-info": info}), reply_to=msg)
 
 
+def ask_partitions(
+    grid: Grid,
+    nodes: Iterable[int],
+    timeout: float,
+    exchange: Callable[..., Iterable[Message]] | None = None,
+) -> dict[int, int]:
+    """The ``partition-id`` of each of ``nodes`` that answers a ``query.node_info``
+    (nodes that fail or have none are left out); ``exchange(messages, timeout=...)``
+    sends them (default: ``grid.send_and_receive``)."""
+    queries = [
+        Message(content=RecordDict(), message_type=NODE_INFO_TYPE, dst_node_id=n) for n in nodes
+    ]
+    send = exchange or grid.send_and_receive
+    told: dict[int, int] = {}
+    for reply in send(queries, timeout=timeout):
+        if reply.has_error() or not reply.has_content():
+            continue
+        info = next(iter(reply.content.metric_records.values()), {})
+        if PARTITION_KEY in info:
+            told[reply.metadata.src_node_id] = int(info[PARTITION_KEY])  # type: ignore[arg-type]
+    return told
+
+
 # --- the server's half ------------------------------------------------------------------
 
 
@@ -311,21 +335,13 @@ class Scaffold(FedAvg):
         return restores
 
     def _ask_partitions(self, nodes: list[int], grid: Grid) -> None:
-        queries = [
-            Message(content=RecordDict(), message_type=NODE_INFO_TYPE, dst_node_id=n) for n in nodes
-        ]
-        for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error() or not reply.has_content():
-                log.warning(
-                    "node %s did not tell its partition; its SCAFFOLD c_i is not "
-                    "restored this round",
-                    node,
-                )
-                continue
-            info = next(iter(reply.content.metric_records.values()), {})
-            if PARTITION_KEY in info:
-                self._partition_of[node] = int(info[PARTITION_KEY])
+        told = ask_partitions(grid, nodes, self.query_timeout, grid.send_and_receive)
+        for node in sorted(set(nodes) - set(told)):
+            log.warning(
+                "node %s did not tell its partition; its SCAFFOLD c_i is not restored this round",
+                node,
+            )
+        self._partition_of.update(told)
 
     def _table_record(self, partition: int) -> ArrayRecord:
         assert self.current_arrays is not None
