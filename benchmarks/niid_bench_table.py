@@ -221,7 +221,9 @@ def build_rows(
 ) -> list[TableRow]:
     """One row per reference cell, from a grid's per-round rows.
 
-    A seed counts once it has a global accuracy for every round 1..``protocol.rounds``;
+    A seed counts once it has a global accuracy for every round 1..``protocol.rounds``
+    and no node failed in any of them (the grid's ``failed_nodes``: a round that trained
+    fewer nodes than the protocol is not the protocol; such a seed is named, not counted);
     rounds past that are ignored. Cells of other strategies or partitions are left out.
     """
     per_seed: dict[tuple[str, str], dict[int, list[Mapping[str, Any]]]] = {}
@@ -233,21 +235,18 @@ def build_rows(
     for partition in PARTITION_LABELS:
         for strategy in STRATEGY_LABELS:
             reference = FLOWER_REFERENCE[(partition, strategy)]
-            seeds = {
-                seed: sorted(rows, key=lambda r: r["round"])
-                for seed, rows in sorted(per_seed.get((partition, strategy), {}).items())
-                if _complete(rows, protocol.rounds)
-            }
-            table.append(
-                _row(
-                    partition,
-                    strategy,
-                    seeds,
-                    protocol,
-                    reference,
-                    (in_progress or {}).get((partition, strategy), ""),
-                )
-            )
+            seeds, notes = {}, []
+            for seed, rows in sorted(per_seed.get((partition, strategy), {}).items()):
+                if not _complete(rows, protocol.rounds):
+                    continue
+                lost = sum(int(r.get("failed_nodes") or 0) for r in rows)
+                if lost:
+                    notes.append(f"seed {seed} not counted: {lost} failed node-rounds")
+                    continue
+                seeds[seed] = sorted(rows, key=lambda r: r["round"])
+            running = (in_progress or {}).get((partition, strategy), "")
+            note = "; ".join(filter(None, [*notes, running]))
+            table.append(_row(partition, strategy, seeds, protocol, reference, note))
     return table
 
 

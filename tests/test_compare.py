@@ -15,6 +15,7 @@ from conftest import APP_DIR
 from fedge.cli import main
 from fedge.compare import GridSpec, load_grid_values, parse_set_pairs, write_reports
 from fedge.compare.report import client_fairness, rounds_to_target
+from fedge.compare.grid import failed_node_rounds
 from fedge.core.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -286,6 +287,46 @@ def test_raw_bytes_fields_in_the_metrics_win_over_the_float32_estimate(tmp_path:
     with files.csv.open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert (row["uplink_bytes_raw"], row["downlink_bytes_raw"]) == ("7", "9")
+
+
+def test_failed_nodes_are_counted_per_round_and_their_cells_named_in_the_summary(
+    tmp_path: Path,
+) -> None:
+    # Prepare: two seeds of one group; seed 1 lost two nodes in round 2 and one in round 3
+    out = tmp_path / "grid"
+    _write_cell(out, "fedavg", "iid", 0, [0.5, 0.6, 0.7])
+    _write_cell(out, "fedavg", "iid", 1, [0.5, 0.6, 0.7])
+    path = out / "runs" / "fedavg_iid_s1" / "metrics.jsonl"
+    lines = [json.loads(text) for text in path.read_text().splitlines()]
+    lines[1]["failed_nodes"] = [3, 4]
+    lines[2]["failed_nodes"] = [4]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    # Execute
+    files = write_reports(out)
+
+    # Assert: the CSV counts them per round, the summary sums them and names the cell
+    with files.csv.open() as handle:
+        rows = {(r["cell"], r["round"]): r["failed_nodes"] for r in csv.DictReader(handle)}
+    assert rows[("fedavg_iid_s1", "2")] == "2" and rows[("fedavg_iid_s1", "3")] == "1"
+    assert rows[("fedavg_iid_s0", "2")] == "0"
+    summary = files.summary.read_text()
+    assert _markdown_table(summary)[0]["failed node-rounds"] == "3"
+    assert "**Cells with failed nodes** (node-rounds without a reply): fedavg_iid_s1 (3)" in summary
+    assert failed_node_rounds(lines) == 3
+
+
+def test_a_clean_grid_names_no_failed_cell(tmp_path: Path) -> None:
+    # Prepare
+    out = tmp_path / "grid"
+    _write_cell(out, "fedavg", "iid", 0, [0.5, 0.6])
+
+    # Execute
+    summary = write_reports(out).summary.read_text()
+
+    # Assert
+    assert _markdown_table(summary)[0]["failed node-rounds"] == "0"
+    assert "Cells with failed nodes" not in summary
 
 
 def test_report_only_regenerates_reports_without_running(tmp_path: Path) -> None:

@@ -116,7 +116,11 @@ def _curve(best: float, rounds: int = 50) -> list[float]:
             for r in range(1, rounds + 1)]  # fmt: skip
 
 
-def _write_grid_csv(path: Path, cells: dict[tuple[str, str, int], list[float]]) -> None:
+def _write_grid_csv(
+    path: Path,
+    cells: dict[tuple[str, str, int], list[float]],
+    failed: dict[tuple[str, str, int], dict[int, int]] | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
@@ -135,6 +139,9 @@ def _write_grid_csv(path: Path, cells: dict[tuple[str, str, int], list[float]]) 
                         "cum_uplink_bytes_wire": 1_000_000 * (index + 1),
                         "cum_uplink_bytes_raw": 900_000 * (index + 1),
                         "seconds": 30.0 + index % 3,
+                        "failed_nodes": (failed or {}).get((strategy, partition, seed), {}).get(
+                            index + 1, 0
+                        ),
                     }
                 )
 
@@ -178,6 +185,31 @@ def test_a_cell_within_and_a_cell_outside_the_band_are_labelled(tmp_path: Path) 
     assert "| #C=2 | FedProx | 0 | 75.55 | 75.25 | 78.05 ± 0.99 | no (-2.50; ±1.98) |" in markdown
     assert "| IID | SCAFFOLD | not run |" in markdown
     assert markdown.count("not run |") == 18
+
+
+def test_a_seed_whose_nodes_failed_is_named_and_not_counted(tmp_path: Path) -> None:
+    # Prepare: FedAvg Dir(0.5), two finished seeds; seed 1 lost all 10 nodes in round 7
+    grid = tmp_path / "grid"
+    _write_grid_csv(
+        grid / "results.csv",
+        {
+            ("fedavg", "dirichlet:0.5", 0): _curve(0.8839),
+            ("fedavg", "dirichlet:0.5", 1): _curve(0.20),
+        },
+        failed={("fedavg", "dirichlet:0.5", 1): {7: 10}},
+    )
+
+    # Execute
+    code = main(["--no-refresh", "--grid-out", str(grid), "--results", str(tmp_path)])
+
+    # Assert: only seed 0 makes the figures; seed 1 is named with its failures
+    assert code == 0
+    row = next(r for r in read_table_csv(tmp_path / TABLE_CSV.name)
+               if (r.partition, r.strategy) == ("dirichlet:0.5", "fedavg"))  # fmt: skip
+    assert row.seeds == (0,) and row.best_accuracy == pytest.approx(0.8839)
+    assert row.in_progress == "seed 1 not counted: 10 failed node-rounds"
+    markdown = (tmp_path / TABLE_MD.name).read_text()
+    assert "| Dirichlet(0.5) | FedAvg | 0 (seed 1 not counted: 10 failed node-rounds) |" in markdown
 
 
 def test_a_started_seed_is_shown_as_running_and_never_as_a_result(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "GridOutcome",
     "GridSpec",
     "cell_is_finished",
+    "failed_node_rounds",
     "load_grid_record",
     "load_grid_values",
     "parse_set_pairs",
@@ -292,11 +293,13 @@ def _has_all_rounds(run_dir: Path, rounds: int) -> bool:
 
 @dataclass
 class GridOutcome:
-    """What ``run_grid`` did: cell ids run, skipped (already finished) and failed."""
+    """What ``run_grid`` did: cell ids run, skipped (already finished) and failed, and
+    the cells run that finished with node failures (node-rounds without a reply)."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    failed_nodes: dict[str, int] = field(default_factory=dict)
 
 
 def run_grid(
@@ -355,8 +358,15 @@ def run_grid(
 
             for cell in pending:
                 try:
-                    _run_cell(federation, spec, cell, Path(app_dir), cell_timeout, show)
+                    lost = _run_cell(federation, spec, cell, Path(app_dir), cell_timeout, show)
                     outcome.ran.append(cell.id)
+                    if lost:
+                        outcome.failed_nodes[cell.id] = lost
+                        progress.console.print(
+                            f"[yellow]cell {cell.id} finished, but {lost} node-rounds had no "
+                            "reply (a node failed): its rounds did not all train every "
+                            "sampled node"
+                        )
                 except FedgeError as err:
                     log = spec.logs_dir / f"{cell.id}.log"
                     outcome.failed[cell.id] = str(err).splitlines()[0]
@@ -377,8 +387,9 @@ def _run_cell(
     app_dir: Path,
     timeout: float,
     show: Callable[[str], None],
-) -> None:
-    """Run (or continue) one cell, then write its ``done`` marker."""
+) -> int:
+    """Run (or continue) one cell, then write its ``done`` marker; return its failed
+    node-rounds (:func:`failed_node_rounds`)."""
     run_dir = spec.runs_dir / cell.id
     (run_dir / DONE_MARKER).unlink(missing_ok=True)
     run_config = spec.run_config(cell)
@@ -409,8 +420,15 @@ def _run_cell(
         "rounds": spec.rounds,
         "run_config": spec.run_config(cell),
         "finished": time.time(),
+        "failed_node_rounds": failed_node_rounds(read_metrics(run_dir / METRICS_FILE)),
     }
     (run_dir / DONE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return int(marker["failed_node_rounds"])
+
+
+def failed_node_rounds(lines: Sequence[Mapping[str, Any]]) -> int:
+    """Node-rounds without a reply in a run's metrics lines (each line's ``failed_nodes``)."""
+    return sum(len(line.get("failed_nodes") or []) for line in lines)
 
 
 def _call_in_thread(work: Callable[[], Any], poll: Callable[[], None]) -> None:

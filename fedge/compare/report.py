@@ -10,6 +10,9 @@ per round) and turns the app's ``metrics.jsonl`` into flat rows:
   is the measured serialized size, "raw" what float32 weights would take (parameters ×
   4 × clients that received or returned weights in that stage) unless the metrics carry
   ``raw_bytes_received`` / ``raw_bytes_sent``; plus running totals;
+- ``failed_nodes``: nodes sampled in the round that sent no reply (the line's
+  ``failed_nodes``; empty where the line does not say): such a round trained fewer nodes
+  than the protocol asks, and ``summary.md`` names every cell that has one;
 - ``seconds`` (round wall time), the run-config keys that describe privacy,
   compression or attacks (``dp``, ``dp-*``, ``compression-*``, ``attack*``,
   ``malicious-fraction``; a family only where some cell sets it away from the app's
@@ -77,6 +80,7 @@ CSV_COLUMNS = (
     "cum_downlink_bytes_raw",
     "cum_downlink_bytes_wire",
     "seconds",
+    "failed_nodes",
 )
 
 
@@ -119,6 +123,8 @@ class GroupSummary:
     uplink_raw: list[float] = field(default_factory=list)
     downlink_wire: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    failed_node_rounds: dict[str, int] = field(default_factory=dict)
+    """Per cell with any, its node-rounds without a reply."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,9 @@ def cell_rows(
             "client_accuracy_worst10": fairness.worst10 if fairness else None,
             **_traffic(line, cell.num_parameters),
             "seconds": line.get("seconds"),
+            "failed_nodes": (
+                len(line.get("failed_nodes") or []) if "failed_nodes" in line else None
+            ),
         }
         for key in totals:
             value = row[key]
@@ -291,6 +300,9 @@ def summarize(
         _append(group.uplink_raw, last["cum_uplink_bytes_raw"])
         _append(group.downlink_wire, last["cum_downlink_bytes_wire"])
         _append(group.seconds, sum(r["seconds"] or 0.0 for r in cell_rows_))
+        lost = sum(int(r.get("failed_nodes") or 0) for r in cell_rows_)
+        if lost:
+            group.failed_node_rounds[str(last["cell"])] = lost
         if target is not None:
             group.rounds_to_target.append(rounds_to_target(cell_rows_, target))
     return list(groups.values())
@@ -309,7 +321,7 @@ def render_summary(
     header += ["worst-10% clients"]
     if target is not None:
         header.append(f"rounds to {target:g}")
-    header += ["uplink MB", "uplink raw MB", "downlink MB", "seconds"]
+    header += ["uplink MB", "uplink raw MB", "downlink MB", "seconds", "failed node-rounds"]
     lines = ["# Strategy comparison", "", *title_lines]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
@@ -327,6 +339,7 @@ def render_summary(
             _megabytes(group.uplink_raw),
             _megabytes(group.downlink_wire),
             f"{statistics.mean(group.seconds):.1f}" if group.seconds else "—",
+            str(sum(group.failed_node_rounds.values())),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -341,8 +354,18 @@ def render_summary(
             else ""
         )
         + "Traffic is the server's view summed over all rounds (uplink: client → server); "
-        "raw = float32 weights, MB = 10⁶ bytes. Seconds: summed round wall time.",
+        "raw = float32 weights, MB = 10⁶ bytes. Seconds: summed round wall time. "
+        "Failed node-rounds: sampled nodes that sent no reply, summed over rounds and seeds.",
     ]
+    lost = {cell: n for group in groups for cell, n in group.failed_node_rounds.items()}
+    if lost:
+        named = ", ".join(f"{cell} ({n})" for cell, n in sorted(lost.items()))
+        lines += [
+            "",
+            f"**Cells with failed nodes** (node-rounds without a reply): {named}. Their "
+            "rounds did not all train every sampled node; compare them with care or run "
+            "them again.",
+        ]
     if missing:
         lines += ["", f"Not finished (no results yet): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
