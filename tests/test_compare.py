@@ -14,8 +14,8 @@ from conftest import APP_DIR
 
 from fedge.cli import main
 from fedge.compare import GridSpec, load_grid_values, parse_set_pairs, write_reports
-from fedge.compare.report import client_fairness, rounds_to_target
 from fedge.compare.grid import failed_node_rounds
+from fedge.compare.report import client_fairness, rounds_to_target
 from fedge.core.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -139,9 +139,9 @@ def _write_grid_csv(
                         "cum_uplink_bytes_wire": 1_000_000 * (index + 1),
                         "cum_uplink_bytes_raw": 900_000 * (index + 1),
                         "seconds": 30.0 + index % 3,
-                        "failed_nodes": (failed or {}).get((strategy, partition, seed), {}).get(
-                            index + 1, 0
-                        ),
+                        "failed_nodes": (failed or {})
+                        .get((strategy, partition, seed), {})
+                        .get(index + 1, 0),
                     }
                 )
 
