@@ -14,6 +14,12 @@ told otherwise) on the whole of OpenCV's ``vtest.avi`` (Debian ``opencv-doc``: 7
   ``cloud`` = teacher only, ``edge`` = node only), and each is scored (mAP@0.5,
   pycocotools) against the same teacher run on the **whole** frame, for evaluation only,
   inside the regions the cloud saw (the crops);
+- ``labels.md``: **what the sites' labels hold, and what the calibration sees**. The
+  label boxes at or above the label floor by source (matched by both, the teacher only,
+  the node only), and the last version's boxes by score range judged two ways: against
+  the sites' held-out fused labels (what each version's score calibration counts,
+  ``clients.tasks.detector_eval.score_bin_counts``) and against the teacher-labelled
+  held-out frames of the evaluation (whole frames, evaluation only);
 - the share of frames uploaded and the bytes per site against sending every frame.
 
 Usage::
@@ -48,7 +54,7 @@ for _path in (REPO, REPO / "benchmarks"):
 from edge_fps import _busy_jiffies, other_load  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-__all__ = ["fusion_scores", "main", "round_rows"]
+__all__ = ["fusion_scores", "label_audit", "main", "round_rows"]
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 OUT_DIR = REPO / "benchmarks" / "results" / "demo_vtest"
@@ -147,7 +153,7 @@ def fusion_scores(site_stores: list[Path], teacher: Any) -> dict[str, dict[str, 
                 edge = _evidence(stored)
                 cloud = [d for d in label.teacher_detections if d.label == "person"]
                 for method in METHODS:
-                    fused = fuse_detections(edge, cloud, method)
+                    fused = fuse_detections(edge, cloud, method, looked=label.coverage)
                     found[method].append(
                         FrameDetections(
                             np.asarray([b.box for b in fused], np.float32).reshape(-1, 4),
@@ -160,6 +166,93 @@ def fusion_scores(site_stores: list[Path], teacher: Any) -> dict[str, dict[str, 
         m: {"map50": float(map50(examples, found[m])), "cases": float(len(examples))}
         for m in METHODS
     }
+
+
+SCORE_RANGES = ((0.05, 0.25), (0.25, 0.5), (0.5, 1.01))
+
+
+def label_audit(work: Path, sites: list[str]) -> str:
+    """``labels.md`` (module docstring) from a finished demo's folder ``work``."""
+    from clients.detector import Detector, DetectorSpec
+    from clients.tasks.detector_data import ExampleRules, list_examples
+    from clients.tasks.detector_eval import (
+        MAX_DETECTIONS,
+        SCORE_FLOOR,
+        predict_with,
+        score_bin_counts,
+    )
+    from data.frame_store import FrameStore
+    from export.artifact import read_manifest
+
+    rules = ExampleRules()
+    sources = {"both": 0, "teacher only": 0, "node only": 0}
+    for site in sites:
+        store = FrameStore.open_reader(work / "sites" / site / "store")
+        try:
+            for stored in store.iter_frames(labelled_only=True):
+                label = stored.frame_label
+                for box in label.boxes if label is not None else ():
+                    if box.label != "person" or box.score < rules.label_min_score:
+                        continue
+                    key = ("both" if box.cloud_score is not None else "node only") if (
+                        box.edge_score is not None) else "teacher only"  # fmt: skip
+                    sources[key] += 1
+        finally:
+            store.close()
+    models = sorted((work / "server" / "demo" / "models").glob("*.tflite"))
+    lines = ["# What the sites' labels hold, and what the calibration sees", ""]
+    total = sum(sources.values())
+    lines += [
+        f"Label boxes at or above the label floor ({rules.label_min_score:g}) in the sites' "
+        f"stores: {total}; matched by both sources {sources['both']}, the teacher only "
+        f"{sources['teacher only']}, the node only {sources['node only']}.",
+        "",
+    ]
+    if not models:
+        return "\n".join([*lines, "No model version was exported.", ""])
+    manifest = read_manifest(models[-1].with_suffix(".json"))
+    spec = DetectorSpec(
+        labels=tuple(manifest.detector.labels),
+        score_threshold=SCORE_FLOOR,
+        input_mean=manifest.input.mean,
+        input_std=manifest.input.std,
+        max_detections=min(MAX_DETECTIONS, manifest.detector.max_detections),
+    )
+    detector = Detector(models[-1], spec, num_threads=1)
+    judged = {}
+    for name, folder, held in (
+        ("sites' held-out fused labels (calibration)", "sites", True),
+        ("teacher-labelled held-out frames (evaluation)", "evaluation", False),
+    ):
+        examples = []
+        for site in sites:
+            root = work / folder / site / ("store" if held else "")
+            found = list_examples(root, rules if held else ExampleRules(held_out_share=0.0))
+            examples += found.held_out if held else found.train
+        counts = score_bin_counts(examples, predict_with(detector.detect, examples))
+        judged[name] = (len(examples), counts)
+    lines += [
+        f"`{models[-1].name}`'s boxes (score floor {SCORE_FLOOR:g}) per score range: true "
+        "positives / boxes judged (precision), one-to-one at IoU 0.5; a box on an ignored "
+        "region or where the cloud did not look is not judged.",
+        "",
+        "| judged against | frames | "
+        + " | ".join(
+            f"[{lo:g}, {min(hi, 1.0):g}{']' if hi > 1 else ')'}" for lo, hi in SCORE_RANGES
+        )
+        + " |",  # fmt: skip
+        "|---|---:|" + "---:|" * len(SCORE_RANGES),
+    ]
+    for name, (frames, counts) in judged.items():
+        cells = []
+        bins = len(counts.true_positives)
+        for lo, hi in SCORE_RANGES:
+            ks = [k for k in range(bins) if lo <= k / bins < hi]
+            tp = sum(counts.true_positives[k] for k in ks)
+            boxes = tp + sum(counts.false_positives[k] for k in ks)
+            cells.append(f"{tp} / {boxes} ({tp / boxes:.2f})" if boxes else "0 / 0")
+        lines.append(f"| {name} | {frames} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""])
 
 
 def _write_table(path_md: Path, path_csv: Path, rows: list[dict[str, Any]], header: str) -> None:
@@ -283,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"| {m} | {r['map50']:.3f} |\n" for m, r in fusion.items()),
         encoding="utf-8",
     )
+    (out / "labels.md").write_text(
+        label_audit(work, [s.name for s in result.plan.sites]), encoding="utf-8"
+    )
     print((out / "rounds.md").read_text())
     print((out / "fusion.md").read_text())
+    print((out / "labels.md").read_text())
     print(json.dumps({"work": str(work)}))
     return 0
 

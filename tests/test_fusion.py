@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from fedge.core.errors import ConfigError
+from fedge.core.geometry import iou_matrix
 from fedge.core.records import Detection, Person
 from server.cloud.calibration import (
     Calibration,
@@ -17,9 +19,10 @@ from server.cloud.calibration import (
     fit_calibration,
     sigmoid,
 )
-from server.cloud.cases import DecodedCase
+from server.cloud.cases import CropImage, DecodedCase
 from server.cloud.fusion import (
     FUSION_METHODS,
+    case_looked,
     edge_person_detections,
     expected_calibration_error,
     fuse_detections,
@@ -153,6 +156,112 @@ def test_without_calibration_silence_is_no_evidence() -> None:
     # Assert: an absent score of 0.5 pulls toward 0.5 and adds 0 log-odds
     assert mean == pytest.approx([0.65, 0.7])
     assert logit == pytest.approx(sigmoid(0.5 * np.log([4.0, 9.0])))
+
+
+@pytest.mark.parametrize(
+    ("looked", "expected"),
+    [
+        ((), (0.65, 0.65, 0.65)),  # landmarks: the teacher saw no pixel
+        (((0, 0, 100, 100),), (0.4, 0.65, 0.65)),  # one crop over the first box only
+        (None, (0.4, 0.4, 0.4)),  # frames: the teacher saw everything
+    ],
+)
+def test_without_calibration_the_clouds_silence_where_it_looked_scores_zero(
+    looked: tuple | None,
+    expected: tuple[float, float, float],  # type: ignore[type-arg]
+) -> None:
+    # Prepare: three edge-only boxes: inside the crop, outside it, and half inside (less
+    # than LOOKED_SHARE of it, so the teacher did not see enough of it to judge)
+    edge = [
+        _person((10, 10, 50, 90), 0.8),
+        _person((200, 10, 240, 90), 0.8),
+        _person((80, 10, 120, 90), 0.8),
+    ]
+
+    # Execute
+    fused = fuse_detections(edge, [], "mean", looked=looked)
+
+    # Assert: 0.5 * 0.8 + 0.5 * 0 where it looked, 0.5 * 0.8 + 0.5 * 0.5 elsewhere
+    scores = {f.box[0]: f.score for f in fused}
+    assert (scores[10], scores[200], scores[80]) == pytest.approx(expected)
+    assert all(f.cloud_score is None for f in fused)  # the cloud reported none of them
+
+
+def test_a_fitted_calibrations_absent_score_holds_where_the_teacher_looked() -> None:
+    # Prepare
+    calibration = Calibration(cloud_absent=0.2)
+
+    # Execute
+    (fused,) = fuse_detections(
+        [_person((10, 10, 50, 90), 0.8)], [], "mean", calibration=calibration, looked=None
+    )
+
+    # Assert: the measured absent score, not the uncalibrated zero
+    assert fused.score == pytest.approx(0.5 * 0.8 + 0.5 * 0.2)
+
+
+def test_case_looked_is_what_each_mode_showed_the_teacher() -> None:
+    # Prepare
+    crop = CropImage(np.zeros((30, 20, 3), np.uint8), x=5, y=7)
+    common = dict(
+        node_id="n", frame_id=1, capture_time=0.0, model_version="", frame_width=64,
+        frame_height=48, detections=(), persons=(), hard_reasons=(),
+    )  # fmt: skip
+
+    # Execute
+    crops = DecodedCase(mode="crops", frame=None, crops=(crop,), **common)  # type: ignore[arg-type]
+    frames = DecodedCase(
+        mode="frames",
+        frame=np.zeros((48, 64, 3), np.uint8),
+        crops=(),
+        **common,  # type: ignore[arg-type]
+    )
+    landmarks = DecodedCase(mode="landmarks", frame=None, crops=(), **common)  # type: ignore[arg-type]
+
+    # Assert
+    assert case_looked(crops) == ((5.0, 7.0, 25.0, 37.0),)
+    assert case_looked(frames) is None
+    assert case_looked(landmarks) == ()
+
+
+def test_a_real_teacher_turns_an_unconfirmed_edge_box_in_a_crop_into_an_ignored_region() -> None:
+    # Prepare: a clip frame; the edge reports a person at 0.45 on a patch of empty floor
+    # (the HOG teacher finds nobody there) and sends it as a crops case
+    from clients.privacy_filter import PrivacyMode, build_hard_case
+    from clients.tasks.detector_data import ExampleRules
+    from fedge.core.records import FrameResult
+    from server.cloud.cases import decode_case
+    from server.cloud.inference import infer_case
+    from server.cloud.teacher import build_teacher
+    from tests.uplink_support import clip_frames
+
+    image = clip_frames([120])[0]
+    box = (330.0, 400.0, 380.0, 470.0)
+    teacher = build_teacher(members=["hog"])
+    result = FrameResult(frame=0, time=0.0, source="t", detections=[_person(box, 0.45)])
+    outcomes = {}
+    for mode in ("crops", "landmarks"):
+        case = build_hard_case(
+            result, frame_id=1, frame_width=image.shape[1], frame_height=image.shape[0],
+            node_id="n", mode=PrivacyMode(mode),
+        )  # fmt: skip
+        if mode == "crops":
+            x1, y1, x2, y2 = (int(v) for v in (310, 380, 400, 480))
+            ok, data = cv2.imencode(".jpg", image[y1:y2, x1:x2])
+            assert ok
+            case.crops.crops.add(jpeg=data.tobytes(), x=x1, y=y1, width=x2 - x1, height=y2 - y1)
+        decoded = decode_case(case)
+        assert not [d for d in teacher.detect(decoded) if iou_matrix([box], [d.box])[0, 0] > 0.1]
+
+        # Execute
+        reply = infer_case(decoded, teacher, "mean")
+        outcomes[mode] = next(b.score for b in reply.boxes if b.has_edge and not b.has_cloud)
+
+    # Assert: below the label floor where the teacher looked at the box, above it where it
+    # saw no pixel (landmarks: silence is no evidence)
+    assert outcomes["crops"] == pytest.approx(0.225)
+    assert outcomes["crops"] < ExampleRules().label_min_score
+    assert outcomes["landmarks"] == pytest.approx(0.475)
 
 
 def test_logit_uses_the_calibrated_log_odds_pool() -> None:

@@ -15,7 +15,7 @@ from fedge.core.proto import cloud_pb2
 from fedge.core.records import Detection
 from server.cloud.calibration import Calibration
 from server.cloud.cases import DecodedCase
-from server.cloud.fusion import FusedBox, edge_person_detections, fuse_detections
+from server.cloud.fusion import FusedBox, case_looked, edge_person_detections, fuse_detections
 
 __all__ = ["SCHEMA_VERSION", "Teacher", "infer_case", "to_wire_box"]
 
@@ -74,7 +74,11 @@ def infer_case(
     started = time.perf_counter()
     cloud = teacher.detect(case)
     fused = fuse_detections(
-        edge_person_detections(case), cloud, fusion_method, calibration=calibration
+        edge_person_detections(case),
+        cloud,
+        fusion_method,
+        calibration=calibration,
+        looked=case_looked(case),
     )
     return cloud_pb2.CloudResult(
         node_id=case.node_id,
