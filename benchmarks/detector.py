@@ -8,8 +8,9 @@ In one run on the sample clip (``--source`` for another video, read at 640x480):
   ``tests/test_person_detector_task.py``;
 - **held-out frames**: every ``--eval-step``-th frame of the last 25%, labelled by the
   same teacher, used for evaluation only (never trained on);
-- **federated rounds**: ``--rounds`` rounds of the real ServerApp (FedAvg, registry task
-  ``person-detector``) over both sites in this process (``tests/loopback_grid.py``); the
+- **federated rounds**: ``--rounds`` rounds of the real ServerApp (strategy FedAvg, registry
+  task ``person-detector``, ``train-schedule`` auto: cyclic, the sites train in turn) over
+  both sites in this process (``tests/loopback_grid.py``); the
   global model after rounds 1, 5 and the last is exported as the server does
   (``PersonDetectorTask.export``: batch-norm statistics re-estimated and int8 calibrated on
   the sample clip), int8 and, for the last round, float32;
@@ -225,6 +226,13 @@ def run_config(rounds: int, epochs: int, output: Path) -> dict[str, Any]:
         "seed": 0,
         "output-dir": str(output),
     }
+
+
+def _schedule(config: dict[str, Any]) -> str:
+    """How the run's rounds train: ``cyclic`` (the detector's ``auto``) or parallel FedAvg."""
+    from fedge.core.run_config import RunConfig
+
+    return "cyclic" if RunConfig.from_mapping(config).cyclic else "parallel FedAvg"
 
 
 def federate(stores: Stores, config: dict[str, Any]) -> Path:
@@ -838,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.source.name}: {len(frames)} frames at {SIZE[0]}x{SIZE[1]}, training frames "
         f"0-{held_start - 1} (2 sites, every {args.step}th, HOG teacher labels), "
         f"{len(stores.held_out_indices)} held-out frames from {held_start} (every "
-        f"{args.eval_step}th); {args.rounds} FedAvg rounds x {args.local_epochs} local epochs; "
+        f"{args.eval_step}th); {args.rounds} {_schedule(config)} rounds x {args.local_epochs} "
+        "local epochs; "
         f"other processes used {'unknown' if others is None else f'{others:.0%}'} of the CPU "
         f"meanwhile; run {time.strftime('%Y-%m-%d %H:%M')} in {total / 60:.1f} min"
     )

@@ -150,10 +150,12 @@ def _detector() -> str:
     rounds = max(n for n, _ in students)
     found = ", ".join(f"{p:.2f} after round {n}" for n, p in sorted(students))
     busy = re.search(r"other processes used (\d+)% of the CPU", _header("detector.md"))
+    kind = re.search(r"\d+ (cyclic|parallel FedAvg|FedAvg) rounds", _header("detector.md"))
     load = f"with other processes using {busy.group(1)}% of the CPU" if busy else "idle"
     speeds = [float(r["value"]) for r in rows if r["metric"] == "frames/s per client (median)"]
     return (
-        f"- federated person detector on the sample clip, 2 sites, {rounds} FedAvg rounds "
+        f"- federated person detector on the sample clip, 2 sites, {rounds} "
+        f"{kind.group(1) if kind else 'FedAvg'} rounds "
         f"(`detector.md`): int8 is {v('export', 'size ratio'):.2f} of float32's file size "
         f"(goal ≤ 0.3, {verdict('export', 'size ratio')}) and takes "
         f"{v('export', 'latency ratio'):.2f} of its LiteRT latency (goal ≤ 0.6, "

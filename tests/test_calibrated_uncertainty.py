@@ -110,7 +110,8 @@ def test_isotonic_precision_is_zero_below_the_lowest_scored_box() -> None:
 def test_calibration_known_answer() -> None:
     calibration = calibrate_scores(KNOWN_TP, KNOWN_FP, references=70, frames=10, nodes=2)
     assert calibration is not None
-    # cumulative precision: >= 0.80 is 30/30, >= 0.50 48/50 = 0.96, >= 0.35 51/60 = 0.85
+    # F1 = 2 TP / (boxes + 70): from 0.80 60/100 = 0.60, from 0.50 96/120 = 0.80,
+    # from 0.35 102/130 = 0.785, from 0.30 110/140 = 0.786, from 0.10 110/180 = 0.61
     assert calibration.operating_score == pytest.approx(0.5)
     # precision >= 0.3 from 0.30 (b6: 0.35); above the operating score > 0.7 from 0.50
     assert (calibration.uncertain_low, calibration.uncertain_high) == pytest.approx((0.3, 0.5))
@@ -127,11 +128,26 @@ def test_the_operating_score_is_capped_and_the_band_follows_it() -> None:
     assert (calibration.uncertain_low, calibration.uncertain_high) == pytest.approx((0.3, 0.45))
 
 
-def test_a_model_never_precise_enough_keeps_the_default_and_a_wide_band() -> None:
+def test_an_under_confident_model_operates_where_its_f1_peaks() -> None:
+    # Prepare: most people score 0.30-0.35 (75% precise), a few 0.50-0.55 (all people)
+    tp, fp = _bins(b6=(30, 10), b10=(5, 0))
+
+    # Execute
+    calibration = calibrate_scores(tp, fp, references=50, frames=10)
+
+    # Assert: F1 from 0.50 is 2*5/(5+50) = 0.18, from 0.30 2*35/(45+50) = 0.74; a 90%
+    # precision target would have kept 0.5 and found 5 of 50 people
+    assert calibration is not None
+    assert calibration.operating_score == pytest.approx(0.3)
+    assert calibration.to_json()["operating_rule"] == "f1"
+
+
+def test_an_imprecise_model_operates_where_its_f1_peaks_with_a_wide_band() -> None:
     tp, fp = _bins(b6=(14, 26), b12=(12, 8))  # 0.35, then 0.6 at most
     calibration = calibrate_scores(tp, fp, references=40, frames=8)
     assert calibration is not None
-    assert calibration.operating_score == pytest.approx(0.5)
+    # F1 from 0.60: 2*12/(20+40) = 0.40; from 0.30: 2*26/(60+40) = 0.52
+    assert calibration.operating_score == pytest.approx(0.3)
     # plausible (>= 0.3) from 0.30 on; never sure (> 0.7): every box from 0.30 is uncertain
     assert (calibration.uncertain_low, calibration.uncertain_high) == pytest.approx((0.3, 1.0))
 
