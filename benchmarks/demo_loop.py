@@ -173,16 +173,11 @@ SCORE_RANGES = ((0.05, 0.25), (0.25, 0.5), (0.5, 1.01))
 
 def label_audit(work: Path, sites: list[str]) -> str:
     """``labels.md`` (module docstring) from a finished demo's folder ``work``."""
-    from clients.detector import Detector, DetectorSpec
     from clients.tasks.detector_data import ExampleRules, list_examples
-    from clients.tasks.detector_eval import (
-        MAX_DETECTIONS,
-        SCORE_FLOOR,
-        predict_with,
-        score_bin_counts,
-    )
+    from clients.tasks.detector_eval import SCORE_FLOOR, predict_with, score_bin_counts
     from data.frame_store import FrameStore
     from export.artifact import read_manifest
+    from fedge.demo.evaluation import installed_detector
 
     rules = ExampleRules()
     sources = {"both": 0, "teacher only": 0, "node only": 0}
@@ -210,15 +205,7 @@ def label_audit(work: Path, sites: list[str]) -> str:
     ]
     if not models:
         return "\n".join([*lines, "No model version was exported.", ""])
-    manifest = read_manifest(models[-1].with_suffix(".json"))
-    spec = DetectorSpec(
-        labels=tuple(manifest.detector.labels),
-        score_threshold=SCORE_FLOOR,
-        input_mean=manifest.input.mean,
-        input_std=manifest.input.std,
-        max_detections=min(MAX_DETECTIONS, manifest.detector.max_detections),
-    )
-    detector = Detector(models[-1], spec, num_threads=1)
+    detector = installed_detector(models[-1], read_manifest(models[-1].with_suffix(".json")))
     judged = {}
     for name, folder, held in (
         ("sites' held-out fused labels (calibration)", "sites", True),

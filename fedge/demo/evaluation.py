@@ -29,7 +29,14 @@ from export.artifact import read_manifest
 from fedge.core.labels import FrameLabel, LabelBox
 from fedge.core.records import Detection, FrameResult
 
-__all__ = ["HeldOut", "ModelScore", "label_held_out", "score_detect", "score_installed"]
+__all__ = [
+    "HeldOut",
+    "ModelScore",
+    "installed_detector",
+    "label_held_out",
+    "score_detect",
+    "score_installed",
+]
 
 PERSON_MIN_SCORE = 0.5
 """A box counts as a found person from this score when its version has no calibration
@@ -111,6 +118,12 @@ def score_installed(model_path: Path, manifest_path: Path, held: HeldOut) -> Mod
     manifest = read_manifest(manifest_path)
     calibration = getattr(manifest, "calibration", None)
     person_score = PERSON_MIN_SCORE if calibration is None else calibration.operating_score
+    return score_detect(installed_detector(model_path, manifest).detect, held, person_score)
+
+
+def installed_detector(model_path: Path, manifest: Any) -> Detector:
+    """The artifact at ``model_path`` in LiteRT with its manifest's spec, one thread, boxes
+    from the evaluation's score floor (``SCORE_FLOOR``)."""
     spec = DetectorSpec(
         labels=tuple(manifest.detector.labels),
         score_threshold=SCORE_FLOOR,
@@ -118,8 +131,7 @@ def score_installed(model_path: Path, manifest_path: Path, held: HeldOut) -> Mod
         input_std=manifest.input.std,
         max_detections=min(MAX_DETECTIONS, manifest.detector.max_detections),
     )
-    detector = Detector(model_path, spec, num_threads=1)
-    return score_detect(detector.detect, held, person_score)
+    return Detector(model_path, spec, num_threads=1)
 
 
 def pose_detect(pose: Any) -> Callable[[np.ndarray], list[Detection]]:
