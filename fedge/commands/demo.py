@@ -199,7 +199,11 @@ def _run(args: argparse.Namespace) -> int:
         app_dir=Path(args.app_dir),
     )
     console = Console(stderr=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too, as `fedge edge` and `fedge cloud` do: a process started from a
+    # non-interactive shell's background job inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler, so Ctrl-C (or a supervisor's SIGINT) would
+    # let the demo run on to its end
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Progress(
             TextColumn("[bold]fedge demo"),
@@ -218,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
 
             result = run_demo(options, progress)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"wrote {result.out / 'rounds.jsonl'} and {result.out / 'report.md'}", file=sys.stdout)
     return 0
