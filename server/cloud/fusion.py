@@ -34,9 +34,8 @@ case; ``looked``) and no teacher box matching it scores :data:`CLOUD_SILENT_SCOR
 the cloud's, because the teacher saw those pixels and found nobody. So the node's own
 unconfirmed guesses do not come back to it as labels: with ``mean``, an edge-only box
 the teacher looked at is a label (fused score >= 0.3) only from an edge score of 0.6, and
-below that it becomes an ignored region of the label (measured on a 3-round demo, 146
-of 350 label boxes were the node's own unconfirmed boxes, median edge score 0.32,
-fused to 0.41 under the old rule). Nothing is dropped: every box either source reported
+below that it becomes an ignored region of the label (under the old rule they were
+fused to about 0.4 and trained on as persons). Nothing is dropped: every box either source reported
 comes out once, with both sources' original scores (``None`` for the silent one) beside
 the fused score.
 
