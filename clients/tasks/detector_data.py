@@ -60,7 +60,7 @@ import numpy as np
 
 from data.frame_store import FrameStore, StoredFrame
 from fedge.core.errors import StoreError
-from fedge.core.geometry import box_area, intersection_area, iou_matrix
+from fedge.core.geometry import covered_share, iou_matrix
 from fedge.core.labels import LabelError
 from models.box_coding import (
     DEFAULT_ANCHORS,
@@ -350,17 +350,6 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _anchor_corners(spec: AnchorSpec) -> np.ndarray:
     yc, xc, h, w = generate_anchors(spec).astype(np.float64).T
     return np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
-
-
-def covered_share(boxes: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """For each box ``(N, 4)``, the largest share of its area inside one ``coverage``
-    region ``(M, 4)`` (same units; 0 when there is no region; a degenerate box: 0)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(boxes) == 0 or len(coverage) == 0:
-        return np.zeros(len(boxes))
-    inside = intersection_area(boxes, np.asarray(coverage, np.float64)).max(axis=1)
-    area = box_area(boxes)
-    return np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)
 
 
 def seen_detections(

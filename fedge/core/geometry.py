@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BoxesLike", "box_area", "intersection_area", "iou", "iou_matrix"]
+__all__ = ["BoxesLike", "box_area", "covered_share", "intersection_area", "iou", "iou_matrix"]
 
 BoxesLike = np.ndarray | Sequence[Sequence[float]] | Sequence[float]
 
@@ -45,3 +45,15 @@ def iou_matrix(a: BoxesLike, b: BoxesLike) -> np.ndarray:
 def iou(box: BoxesLike, boxes: BoxesLike) -> np.ndarray:
     """IoU of one ``box`` (4,) with each of ``boxes`` (N, 4): an (N,) array."""
     return iou_matrix(np.asarray(box).reshape(1, 4), boxes)[0]
+
+
+def covered_share(boxes: BoxesLike, coverage: BoxesLike) -> np.ndarray:
+    """For each box ``(N, 4)``, the largest share of its area inside one ``coverage``
+    region ``(M, 4)`` (same units; 0 when there is no region; a degenerate box: 0)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    regions = np.asarray(coverage, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or len(regions) == 0:
+        return np.zeros(len(boxes))
+    inside = intersection_area(boxes, regions).max(axis=1)
+    area = box_area(boxes)
+    return np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)

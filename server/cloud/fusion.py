@@ -59,7 +59,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from fedge.core.errors import ConfigError
-from fedge.core.geometry import box_area, intersection_area, iou, iou_matrix
+from fedge.core.geometry import covered_share, iou, iou_matrix
 from fedge.core.records import Detection
 from server.cloud.calibration import Calibration, CalibrationSample, sigmoid
 from server.cloud.person_boxes import landmark_person_box
@@ -282,12 +282,7 @@ def _looked_at(boxes: np.ndarray, looked: Sequence[Sequence[float]] | None) -> n
     """Which ``boxes`` ``(N, 4)`` lie where the teacher looked (:data:`LOOKED_SHARE`)."""
     if looked is None:
         return np.ones(len(boxes), dtype=bool)
-    regions = np.asarray(looked, np.float64).reshape(-1, 4)
-    if not len(regions) or not len(boxes):
-        return np.zeros(len(boxes), dtype=bool)
-    area = box_area(boxes)
-    inside = intersection_area(boxes, regions).max(axis=1)
-    return (area > 0) & (inside >= LOOKED_SHARE * np.where(area > 0, area, 1.0))
+    return covered_share(boxes, looked) >= LOOKED_SHARE
 
 
 def case_looked(case: DecodedCase) -> tuple[tuple[float, float, float, float], ...] | None:
