@@ -55,12 +55,15 @@ __all__ = [
     "ScoreBand",
     "SelectorStats",
     "Suppression",
+    "TOKEN_TOLERANCE",
     "TokenBucket",
     "dhash",
     "find_hard_reasons",
 ]
 
 Box = tuple[float, float, float, float]
+TOKEN_TOLERANCE = 1e-3
+"""How much short of a whole token still counts as one (``TokenBucket``)."""
 Clock = Callable[[], float]  # seconds, e.g. time.monotonic
 
 
@@ -266,7 +269,10 @@ def dhash(image: np.ndarray, hash_size: int = 8) -> int:
 class TokenBucket:
     """A rate limit: ``rate_per_s`` tokens a second, at most ``capacity``.
 
-    Time is whatever the caller passes to ``take`` (seconds on one clock).
+    Time is whatever the caller passes to ``take`` (seconds on one clock). A token is
+    whole within ``TOKEN_TOLERANCE``: frame times are absolute (epoch seconds), so the
+    gap between two frames at 10 fps reads 0.0999998 s, and a bucket refilling exactly
+    one token per frame would otherwise hand one out on only about 3 frames in 5.
     """
 
     def __init__(self, rate_per_s: float, capacity: float) -> None:
@@ -278,13 +284,13 @@ class TokenBucket:
     def peek(self, now: float) -> bool:
         """Whether a token is available at time ``now`` (nothing is spent)."""
         self._refill(now)
-        return self._tokens >= 1.0
+        return self._tokens >= 1.0 - TOKEN_TOLERANCE
 
     def take(self, now: float) -> bool:
         """Spend one token at time ``now`` if one is available."""
         self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - TOKEN_TOLERANCE:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False
 

@@ -112,6 +112,16 @@ def test_token_bucket_allows_burst_then_rate() -> None:
     assert sum(taken) == 2 + 4  # the burst, then one a second
 
 
+@pytest.mark.parametrize("epoch", [0.0, 1_764_000_000.0])
+def test_token_bucket_at_the_frame_rate_gives_every_frame_a_token(epoch: float) -> None:
+    """Absolute frame times (epoch seconds) round the 0.1 s gap below 0.1: without the
+    tolerance a bucket refilling one token per frame skipped about 2 frames in 5."""
+    bucket = TokenBucket(rate_per_s=10.0, capacity=1.0)
+    assert all(bucket.take(epoch + index / 10.0) for index in range(200))
+    slower = TokenBucket(rate_per_s=5.0, capacity=1.0)  # half the frame rate: every other
+    assert sum(slower.take(epoch + index / 10.0) for index in range(200)) == 100
+
+
 def test_static_scene_yields_one_hard_case_then_duplicates(scene: np.ndarray) -> None:
     clock = FakeClock(start=1000.0, step=0.1)  # 10 FPS
     policy = HardCasePolicy(max_per_minute=600, burst=100)
