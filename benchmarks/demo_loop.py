@@ -37,7 +37,6 @@ import csv
 import json
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -292,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.source.exists():
         raise SystemExit(f"{args.source} not found: apt-get install opencv-doc, or --source")
+    from fedge.core.signals import stop_signals_interrupt
     from fedge.demo.runner import DemoOptions, run_demo
     from server.cloud.teacher import build_teacher
 
@@ -315,11 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     def progress(text: str, done: float) -> None:
         print(f"[{100 * done:3.0f}%] {text}", flush=True)
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # run_demo's cleanup stops every process it started
-
-    signal.signal(signal.SIGTERM, interrupt)
-    result = run_demo(options, progress)
+    with stop_signals_interrupt():  # run_demo's cleanup stops every process it started
+        result = run_demo(options, progress)
     fusion = fusion_scores([work / "sites" / s.name / "store" for s in result.plan.sites],
                            build_teacher())  # fmt: skip
     seconds = time.perf_counter() - began

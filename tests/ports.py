@@ -1,4 +1,4 @@
-"""Loopback port and process helpers shared by the deployment tests."""
+"""Free loopback ports, and the processes a test started (by port, FLWR_HOME or path)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from pathlib import Path
 
 from fedge.local_federation import free_port
 
-__all__ = ["accepts_connections", "deployment_processes", "free_port_base", "port_is_free"]
+__all__ = [
+    "accepts_connections",
+    "deployment_processes",
+    "free_port_base",
+    "port_is_free",
+    "processes_mentioning",
+]
 
 
 def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
@@ -63,4 +69,25 @@ def deployment_processes(
         named = work_dir_in_args and any(str(work_dir) in a for a in args)
         if marker in environ or port_words & set(args) or named:
             found.append(f"{entry.name}: {' '.join(args)}")
+    return found
+
+
+def processes_mentioning(path: Path) -> list[str]:
+    """Live processes whose command line, working directory or environment name ``path``."""
+    marker = str(path.resolve()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().split()[2] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            seen = marker in cmdline or marker in (entry / "environ").read_bytes()
+            seen = seen or str(path.resolve()) in os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if seen:
+            words = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {words}")
     return found

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import APP_DIR
+from ports import processes_mentioning
 
 from fedge.cli import main
 from fedge.compare import GridSpec, load_grid_values, parse_set_pairs, write_reports
@@ -396,3 +400,45 @@ def test_compare_runs_a_2x2_grid_writes_reports_and_skips_finished_cells_on_reru
     assert {cell: (out / "runs" / cell / "done").stat().st_mtime_ns for cell in cells} == markers
     with (out / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4 * 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_grid_and_every_process_it_started(tmp_path: Path) -> None:
+    """Started with SIGINT ignored (a background job of a non-interactive shell), ``fedge
+    compare`` still stops on SIGINT: exit 130, no process left, the cell not marked done."""
+    out = tmp_path / "grid"
+    argv = [
+        sys.executable, "-m", "fedge", "compare",
+        "--app-dir", str(APP_DIR),
+        "--strategies", "fedavg",
+        "--partitions", "iid",
+        "--seeds", "0",
+        "--rounds", "50",
+        "--clients", "3",
+        "--client-cpus", "2",
+        "--set", "max-train-samples=100",
+        "--out", str(out),
+    ]  # fmt: skip
+    grid = subprocess.Popen(
+        argv,
+        cwd=APP_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 600  # only keeps a hung grid from hanging the suite
+        while not any("flwr-simulation" in p for p in processes_mentioning(out)):
+            assert grid.poll() is None, grid.stderr.read() if grid.stderr else ""
+            assert time.monotonic() < deadline, "the grid never started its simulation"
+            time.sleep(0.5)
+        grid.send_signal(signal.SIGINT)
+        _, stderr = grid.communicate(timeout=300)
+    finally:
+        if grid.poll() is None:
+            grid.kill()
+    assert grid.returncode == 130, stderr
+    assert "fedge compare: interrupted" in stderr
+    assert not (out / "runs" / "fedavg_iid_s0" / "done").exists()
+    assert processes_mentioning(out) == []

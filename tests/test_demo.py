@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from ports import processes_mentioning
 
 from fedge.demo.plan import plan_sites
 from fedge.demo.report import PLOTS
@@ -48,27 +48,6 @@ def _demo(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str
         text=True,
         timeout=timeout,
     )
-
-
-def _processes_mentioning(path: Path) -> list[str]:
-    """Live processes whose command line, working directory or environment name ``path``."""
-    marker = str(path.resolve()).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if (entry / "stat").read_text().split()[2] == "Z":
-                continue
-            cmdline = (entry / "cmdline").read_bytes()
-            seen = marker in cmdline or marker in (entry / "environ").read_bytes()
-            seen = seen or str(path.resolve()) in os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if seen:
-            words = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {words}")
-    return found
 
 
 def _one_line_error(stderr: str) -> str:
@@ -113,7 +92,7 @@ def test_more_sites_than_the_source_allows_is_refused(tmp_path: Path) -> None:
     message = _one_line_error(done.stderr)
     assert "20 frames" in message and "3 sites" in message
     assert not (out / "logs").exists()  # no process was started
-    assert _processes_mentioning(out) == []
+    assert processes_mentioning(out) == []
 
 
 def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
@@ -180,7 +159,7 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     assert "| 2 | person-detector-v2 |" in report
     for plot in PLOTS:
         assert (out / "plots" / plot).stat().st_size > 1000
-    assert _processes_mentioning(out) == []
+    assert processes_mentioning(out) == []
 
 
 @pytest.mark.slow
@@ -206,7 +185,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
             assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
             assert time.monotonic() < deadline, "the demo never started its SuperNodes"
             time.sleep(0.5)
-        assert _processes_mentioning(out)  # cloud, SuperLink, SuperNodes are up
+        assert processes_mentioning(out)  # cloud, SuperLink, SuperNodes are up
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=600)
     finally:
@@ -214,4 +193,4 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
             demo.kill()
     assert code == 130
     assert not (out / "report.md").exists()  # stopped by the signal, not run to its end
-    assert _processes_mentioning(out) == []
+    assert processes_mentioning(out) == []

@@ -23,13 +23,10 @@ example:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from fedge.core.signals import stop_signals_interrupt
 
 __all__ = ["register"]
 
@@ -85,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         f"× {len(spec.seeds)} seeds = {len(cells)} cells, {spec.rounds} rounds, "
         f"{spec.clients} clients → {spec.out}"
     )
-    with _sigterm_as_interrupt():
+    with stop_signals_interrupt():
         outcome = run_grid(
             spec,
             Path(args.app_dir),
@@ -117,23 +114,6 @@ def _print_files(files: Any) -> None:
     print(f"fedge compare: {files.cells} finished cells reported")
     for path in (files.csv, files.summary, *files.plots):
         print(f"  {path}")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so the federation is closed on ``kill``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import TRAIN_SCHEDULES
+from fedge.core.signals import stop_signals_interrupt
 
 __all__ = ["register"]
 
@@ -164,10 +163,6 @@ def _size(text: str) -> tuple[int, int] | None:
     return width, height
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
@@ -199,12 +194,8 @@ def _run(args: argparse.Namespace) -> int:
         app_dir=Path(args.app_dir),
     )
     console = Console(stderr=True)
-    # SIGINT too, as `fedge edge` and `fedge cloud` do: a process started from a
-    # non-interactive shell's background job inherits SIGINT ignored, and Python then
-    # installs no KeyboardInterrupt handler, so Ctrl-C (or a supervisor's SIGINT) would
-    # let the demo run on to its end
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    # SIGINT too: started with SIGINT ignored, the demo would otherwise run on to its end
+    with stop_signals_interrupt():
         with Progress(
             TextColumn("[bold]fedge demo"),
             BarColumn(),
@@ -221,8 +212,5 @@ def _run(args: argparse.Namespace) -> int:
                 bar.update(task, description=text[:70], completed=done)
 
             result = run_demo(options, progress)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print(f"wrote {result.out / 'rounds.jsonl'} and {result.out / 'report.md'}", file=sys.stdout)
     return 0

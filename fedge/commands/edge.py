@@ -10,12 +10,10 @@ the console. Ctrl-C (or SIGTERM) stops cleanly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from fedge.commands.edge_uplink import (
@@ -26,6 +24,7 @@ from fedge.commands.edge_uplink import (
     uplink_summary,
 )
 from fedge.core.errors import CaptureError, ConfigError
+from fedge.core.signals import stop_signals_interrupt
 
 if TYPE_CHECKING:
     from clients.hard_cases import HardCasePolicy
@@ -187,10 +186,6 @@ def _parse_size(text: str) -> tuple[int, int] | None:
     if width <= 0 or height <= 0:
         raise ConfigError(f"--size must be positive, got {text!r}")
     return width, height
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def usable_cores() -> int:
@@ -394,14 +389,10 @@ def _run(args: argparse.Namespace) -> int:
             pipeline, pose or [], first_estimator=_first_estimator(args), selector=selector
         )
         follower.start()
-    in_main = threading.current_thread() is threading.main_thread()
     # Ctrl-C and SIGTERM stop the agent cleanly, also where SIGINT was ignored at start
     # (a process launched in the background by a non-interactive shell)
-    previous = (
-        {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        if in_main
-        else {}
-    )
+    signals = contextlib.ExitStack()
+    signals.enter_context(stop_signals_interrupt())
     interrupted = False
     try:
         with console, pipeline:
@@ -428,8 +419,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.close()
         if follower is not None:
             follower.stop()
         if uploader is not None:
