@@ -304,3 +304,28 @@ def test_a_crops_round_trip_stores_the_crops_as_coverage(tmp_path: Path, model_d
     assert label.coverage == tuple(tuple(float(v) for v in box) for box in sent)
     assert stored.label["coverage"] == [list(map(float, box)) for box in sent]
     assert [d.label for d in case.detections] == ["person", "person"]  # motion stays home
+
+
+def test_the_node_judges_exactly_the_boxes_fusion_says_the_teacher_looked_at(
+    tmp_path: Path,
+) -> None:
+    """One rule (``LOOKED_SHARE``) for both sides: a box 55% inside the crop is neither
+    judged by the node nor silenced by fusion; one 65% inside is both."""
+    from server.cloud.fusion import fuse_detections
+
+    _store_with_labels(tmp_path, [_label((CROP,))])
+    (crops,) = list_examples(tmp_path, ALL_TRAIN).train
+    x0, y0, x1, y1 = CROP
+    height = 100.0
+    # 60-px-wide boxes straddling the crop's right edge: 33 px (55%) and 39 px (65%) inside
+    boxes = np.array(
+        [(x1 - 33.0, y0 + 50, x1 + 27.0, y0 + 50 + height),
+         (x1 - 39.0, y0 + 50, x1 + 21.0, y0 + 50 + height)]
+    )  # fmt: skip
+    assert covered_share(boxes, [CROP]) == pytest.approx([0.55, 0.65])
+
+    assert seen_detections(crops, boxes).tolist() == [False, True]
+    edge = [Detection(tuple(float(v) for v in b), "person", 0.45) for b in boxes]
+    fused = fuse_detections(edge, [], looked=[CROP])
+    # mean of the edge's 0.45 and the cloud's 0.5 (no evidence) or 0 (looked, silent)
+    assert [f.score for f in fused] == pytest.approx([0.475, 0.225])

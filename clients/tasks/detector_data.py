@@ -60,7 +60,7 @@ import numpy as np
 
 from data.frame_store import FrameStore, StoredFrame
 from fedge.core.errors import StoreError
-from fedge.core.geometry import covered_share, iou_matrix
+from fedge.core.geometry import LOOKED_SHARE, covered_share, iou_matrix
 from fedge.core.labels import LabelError
 from models.box_coding import (
     DEFAULT_ANCHORS,
@@ -353,14 +353,20 @@ def _anchor_corners(spec: AnchorSpec) -> np.ndarray:
 
 
 def seen_detections(
-    example: DetectorExample, boxes: np.ndarray, *, min_share: float = 0.5
+    example: DetectorExample,
+    boxes: np.ndarray,
+    *,
+    min_share: float = LOOKED_SHARE,
+    min_iou: float = 0.5,
 ) -> np.ndarray:
     """Which detections ``boxes`` (frame pixels ``(K, 4)``) the example's label can judge.
 
     All of them for a whole-frame label; otherwise those with at least ``min_share`` of
-    their area inside one covered region, or overlapping a labelled box (or ignored
-    region) by IoU ``min_share`` or more. A detection elsewhere lies where the cloud did
-    not look: neither right nor wrong (evaluation drops it).
+    their area inside one covered region (the rule fusion uses for "the teacher looked",
+    :data:`fedge.core.geometry.LOOKED_SHARE`), or overlapping a labelled box (or ignored
+    region) by IoU ``min_iou`` or more (a match at mAP@0.5 is always judged). A
+    detection elsewhere lies where the cloud did not look: neither right nor wrong
+    (evaluation drops it).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if example.coverage is None:
@@ -368,7 +374,7 @@ def seen_detections(
     seen = covered_share(boxes, example.coverage) >= min_share
     labelled = np.concatenate([example.boxes, example.ignore]).reshape(-1, 4)
     if len(labelled) and len(boxes):
-        seen |= iou_matrix(boxes, labelled).max(axis=1) >= min_share
+        seen |= iou_matrix(boxes, labelled).max(axis=1) >= min_iou
     return seen
 
 

@@ -6,9 +6,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BoxesLike", "box_area", "covered_share", "intersection_area", "iou", "iou_matrix"]
+__all__ = [
+    "LOOKED_SHARE",
+    "BoxesLike",
+    "box_area",
+    "covered_share",
+    "intersection_area",
+    "iou",
+    "iou_matrix",
+]
 
 BoxesLike = np.ndarray | Sequence[Sequence[float]] | Sequence[float]
+
+LOOKED_SHARE = 0.6
+"""A box lies where a label's source looked (a crop, a covered region) from this share of
+its area inside one region: fusion's "the teacher looked" rule and the node's judging of
+its own boxes against a crops label both use it (as the node's background-anchor rule
+uses ``1 - negative_iou``, 0.6 by default)."""
 
 
 def box_area(boxes: BoxesLike) -> np.ndarray:

@@ -59,7 +59,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from fedge.core.errors import ConfigError
-from fedge.core.geometry import covered_share, iou, iou_matrix
+from fedge.core.geometry import LOOKED_SHARE, covered_share, iou, iou_matrix
 from fedge.core.records import Detection
 from server.cloud.calibration import Calibration, CalibrationSample, sigmoid
 from server.cloud.person_boxes import landmark_person_box
@@ -94,9 +94,6 @@ EDGE_DUPLICATE_IOU = 0.5
 """The node's detector box and pose box of one person overlap at least this much."""
 CLOUD_SILENT_SCORE = 0.0
 """The cloud's score of an edge box it looked at and did not report (uncalibrated)."""
-LOOKED_SHARE = 0.6
-"""An edge box lies where the teacher looked from this share of its area in one region
-(the node's rule for background anchors of a crops label: ``1 - negative_iou``)."""
 
 
 @dataclass(frozen=True)
