@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 from fedge.local_federation import free_port
@@ -14,6 +16,7 @@ __all__ = [
     "free_port_base",
     "port_is_free",
     "processes_mentioning",
+    "start_as_background_job",
 ]
 
 
@@ -91,3 +94,17 @@ def processes_mentioning(path: Path) -> list[str]:
             words = cmdline.replace(b"\0", b" ").decode(errors="replace")
             found.append(f"{entry.name}: {words}")
     return found
+
+
+def start_as_background_job(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start ``argv`` as a background job of a non-interactive shell would be: SIGINT
+    ignored (so the command must install its own handler to stop on Ctrl-C), stdout
+    discarded, stderr piped as text."""
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import APP_DIR
-from ports import processes_mentioning
+from ports import processes_mentioning, start_as_background_job
 
 from fedge.cli import main
 from fedge.compare import GridSpec, load_grid_values, parse_set_pairs, write_reports
@@ -419,14 +418,7 @@ def test_ctrl_c_stops_the_grid_and_every_process_it_started(tmp_path: Path) -> N
         "--set", "max-train-samples=100",
         "--out", str(out),
     ]  # fmt: skip
-    grid = subprocess.Popen(
-        argv,
-        cwd=APP_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    grid = start_as_background_job(argv, APP_DIR)
     try:
         deadline = time.monotonic() + 600  # only keeps a hung grid from hanging the suite
         while not any("flwr-simulation" in p for p in processes_mentioning(out)):

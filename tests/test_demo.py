@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from ports import processes_mentioning
+from ports import processes_mentioning, start_as_background_job
 
 from fedge.demo.plan import plan_sites
 from fedge.demo.report import PLOTS
@@ -168,14 +168,10 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # SIGINT ignored, as a background job of a non-interactive shell inherits it (CI runs
     # the suite that way): the demo must still stop on it
-    demo = subprocess.Popen(
+    demo = start_as_background_job(
         [sys.executable, "-m", "fedge", "demo", "--source", str(source), "--sites", "2",
          "--rounds", "2", "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        REPO,
     )  # fmt: skip
     try:
         # generous: under load the teacher labels the held-out frames slowly before the
