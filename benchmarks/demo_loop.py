@@ -16,8 +16,10 @@ told otherwise) on the whole of OpenCV's ``vtest.avi`` (Debian ``opencv-doc``: 7
   inside the regions the cloud saw (the crops);
 - ``labels.md``: **what the sites' labels hold, and what the calibration sees**. The
   label boxes at or above the label floor by source (matched by both, the teacher only,
-  the node only), and the last version's boxes by score range judged two ways: against
-  the sites' held-out fused labels (what each version's score calibration counts,
+  the node only; the node-only ones split by whether the cloud looked where they lie, and
+  judged against the teacher run on the whole frame), and the last version's boxes by
+  score range judged two ways: against the sites' held-out fused labels (what each
+  version's score calibration counts,
   ``clients.tasks.detector_eval.score_bin_counts``) and against the teacher-labelled
   held-out frames of the evaluation (whole frames, evaluation only);
 - the share of frames uploaded and the bytes per site against sending every frame.
@@ -170,27 +172,49 @@ def fusion_scores(site_stores: list[Path], teacher: Any) -> dict[str, dict[str, 
 SCORE_RANGES = ((0.05, 0.25), (0.25, 0.5), (0.5, 1.01))
 
 
-def label_audit(work: Path, sites: list[str]) -> str:
-    """``labels.md`` (module docstring) from a finished demo's folder ``work``."""
+def label_audit(work: Path, sites: list[str], teacher: Any | None = None) -> str:
+    """``labels.md`` (module docstring) from a finished demo's folder ``work``; with
+    ``teacher``, the node-only boxes are judged against it on the whole frame."""
     from clients.tasks.detector_data import ExampleRules, list_examples
     from clients.tasks.detector_eval import SCORE_FLOOR, predict_with, score_bin_counts
     from data.frame_store import FrameStore
     from export.artifact import read_manifest
+    from fedge.core.geometry import LOOKED_SHARE, covered_share, iou_matrix
     from fedge.demo.evaluation import installed_detector
 
     rules = ExampleRules()
     sources = {"both": 0, "teacher only": 0, "node only": 0}
+    # node-only boxes by where they lie: [boxes, people by the whole-frame teacher]
+    node_only = {"looked": [0, 0], "unseen": [0, 0]}
     for site in sites:
         store = FrameStore.open_reader(work / "sites" / site / "store")
         try:
             for stored in store.iter_frames(labelled_only=True):
                 label = stored.frame_label
+                mine = []
                 for box in label.boxes if label is not None else ():
                     if box.label != "person" or box.score < rules.label_min_score:
                         continue
                     key = ("both" if box.cloud_score is not None else "node only") if (
                         box.edge_score is not None) else "teacher only"  # fmt: skip
                     sources[key] += 1
+                    mine += [box.box] if key == "node only" else []
+                if not mine or teacher is None or label is None:
+                    continue
+                boxes = np.asarray(mine, np.float64)
+                looked = np.ones(len(boxes), bool)
+                if label.coverage is not None:
+                    looked = covered_share(boxes, np.asarray(label.coverage)) >= LOOKED_SHARE
+                found = [d.box for d in teacher.detect_image(stored.load_image())
+                         if d.label == "person" and d.score >= rules.label_min_score]  # fmt: skip
+                people = (
+                    iou_matrix(boxes, np.asarray(found)).max(axis=1) >= 0.5
+                    if found
+                    else np.zeros(len(boxes), bool)
+                )
+                for where, mask in (("looked", looked), ("unseen", ~looked)):
+                    node_only[where][0] += int(mask.sum())
+                    node_only[where][1] += int((mask & people).sum())
         finally:
             store.close()
     models = sorted((work / "server" / "demo" / "models").glob("*.tflite"))
@@ -202,6 +226,18 @@ def label_audit(work: Path, sites: list[str]) -> str:
         f"{sources['teacher only']}, the node only {sources['node only']}.",
         "",
     ]
+    if teacher is not None:
+        (seen, seen_people), (unseen, unseen_people) = node_only["looked"], node_only["unseen"]
+        lines += [
+            f"Of the node-only boxes, {seen} lie where the cloud looked (at least "
+            f"{LOOKED_SHARE:.0%} of the box inside one region it was shown), {seen_people} of "
+            f"them people by the teacher run on the whole frame (IoU 0.5, evaluation only); "
+            f"{unseen} lie where it did not look, {unseen_people} of them people. A node "
+            f"trains on the latter only as on its own boxes (edge score from "
+            f"{rules.self_min_score:g}, weight {rules.own_weight:g}), else ignores them "
+            "(`clients.tasks.detector_data`).",
+            "",
+        ]
     if not models:
         return "\n".join([*lines, "No model version was exported.", ""])
     detector = installed_detector(models[-1], read_manifest(models[-1].with_suffix(".json")))
@@ -317,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with stop_signals_interrupt():  # run_demo's cleanup stops every process it started
         result = run_demo(options, progress)
+    teacher = build_teacher()
     fusion = fusion_scores([work / "sites" / s.name / "store" for s in result.plan.sites],
-                           build_teacher())  # fmt: skip
+                           teacher)  # fmt: skip
     seconds = time.perf_counter() - began
     others = other_load(jiffies, _own_cpu() - cpu0)
     out = args.out_dir
@@ -361,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         encoding="utf-8",
     )
     (out / "labels.md").write_text(
-        label_audit(work, [s.name for s in result.plan.sites]), encoding="utf-8"
+        label_audit(work, [s.name for s in result.plan.sites], teacher), encoding="utf-8"
     )
     print((out / "rounds.md").read_text())
     print((out / "fusion.md").read_text())

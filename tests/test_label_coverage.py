@@ -329,3 +329,37 @@ def test_the_node_judges_exactly_the_boxes_fusion_says_the_teacher_looked_at(
     fused = fuse_detections(edge, [], looked=[CROP])
     # mean of the edge's 0.45 and the cloud's 0.5 (no evidence) or 0 (looked, silent)
     assert [f.score for f in fused] == pytest.approx([0.475, 0.225])
+
+
+def test_the_nodes_own_guess_where_the_cloud_did_not_look_is_no_cloud_label(
+    tmp_path: Path,
+) -> None:
+    """In a crops label an edge-only box outside every crop trains only as the node's
+    own box (from ``self_min_score``, weight ``own_weight``), else it is ignored; inside a
+    crop, or in a whole-frame or landmarks label, the fused score decides as before."""
+    outside_unsure = (500.0, 300.0, 560.0, 450.0)  # no crop holds it
+    outside_sure = (400.0, 300.0, 460.0, 450.0)
+    inside = (160.0, 110.0, 220.0, 260.0)  # in CROP
+    boxes = (
+        LabelBox(PERSON, "person", 0.9, edge_score=0.8, cloud_score=0.95),
+        LabelBox(outside_unsure, "person", 0.4, edge_score=0.3),  # fused with "no evidence"
+        LabelBox(outside_sure, "person", 0.7, edge_score=0.95),
+        LabelBox(inside, "person", 0.35, edge_score=0.7),  # looked at, edge-confident
+    )
+
+    def label(coverage: tuple[tuple[float, float, float, float], ...] | None) -> FrameLabel:
+        return FrameLabel(
+            boxes=boxes, source="cloud", fusion_method="mean", teacher_version="t",
+            frame_width=640, frame_height=480, coverage=coverage,
+        )  # fmt: skip
+
+    _store_with_labels(tmp_path, [label((CROP,)), label(None), label(())])
+    rules = ExampleRules(held_out_share=0.0, own_weight=0.5, self_min_score=0.9)
+    crops, frame, landmarks = sorted(list_examples(tmp_path, rules).train, key=lambda e: e.frame_id)
+
+    assert crops.boxes.tolist() == [list(PERSON), list(outside_sure), list(inside)]
+    assert crops.weights.tolist() == [1.0, 0.5, 1.0]
+    assert crops.ignore.tolist() == [list(outside_unsure)]
+    for whole in (frame, landmarks):  # the fused score alone decides
+        assert len(whole.boxes) == 4 and whole.weights.tolist() == [1.0] * 4
+        assert len(whole.ignore) == 0

@@ -8,7 +8,15 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
 - **Cloud-labelled frames** (label status ``labelled``, a :class:`~fedge.core.labels.FrameLabel`
   with the fused boxes): every ``person`` box whose fused score is at least
   ``label_min_score`` is a target of weight :data:`CLOUD_WEIGHT` (1.0); boxes below it are
-  *ignored regions* (anchors overlapping them are neither person nor background). Other
+  *ignored regions* (anchors overlapping them are neither person nor background). The
+  exception is the node's own guess where the cloud did not look: in a ``crops`` label, a
+  box only the node reported (no cloud score) with less than ``LOOKED_SHARE`` (60%) of
+  its area in any crop. Fusion scores the cloud's silence there as "no evidence" (0.5),
+  so such a box would clear the floor from an edge score of 0.1; it is no cloud label,
+  and it trains as the node's own box does (below: weight ``own_weight`` from
+  ``self_min_score``), else it is an ignored region (measured in the demo: 21 of 26 such
+  label boxes were nobody by the whole-frame teacher, ``benchmarks/demo_loop.py``'s
+  ``labels.md``). Other
   anchors are background only where the cloud looked (the label's ``coverage``): the
   whole frame for a ``frames`` case (and labels older than coverage); only inside the
   crops for a ``crops`` case, an anchor being "inside" when at least ``1 - negative_iou``
@@ -61,7 +69,7 @@ import numpy as np
 from data.frame_store import FrameStore, StoredFrame
 from fedge.core.errors import StoreError
 from fedge.core.geometry import LOOKED_SHARE, covered_share, iou_matrix
-from fedge.core.labels import LabelError
+from fedge.core.labels import LabelBox, LabelError
 from models.box_coding import (
     DEFAULT_ANCHORS,
     TARGET_COLUMNS,
@@ -161,9 +169,19 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
     if label is None:
         return None
     people = [b for b in label.boxes if b.label == PERSON]
-    sure = [b.box for b in people if b.score >= rules.label_min_score]
-    unsure = [b.box for b in people if b.score < rules.label_min_score]
     coverage = None if label.coverage is None else _boxes(label.coverage)
+    unseen = _unseen_guesses(people, coverage)
+    sure, weights, unsure = [], [], []
+    for box, guess in zip(people, unseen, strict=True):
+        if guess:  # the node's own guess the cloud never saw: trains as the node's own box
+            own = box.edge_score is not None and box.edge_score >= rules.self_min_score
+            (sure if own else unsure).append(box.box)
+            weights += [rules.own_weight] if own else []
+        elif box.score >= rules.label_min_score:
+            sure.append(box.box)
+            weights.append(CLOUD_WEIGHT)
+        else:
+            unsure.append(box.box)
     if coverage is not None and len(coverage) == 0 and not sure:
         return None  # no pixel seen and no box: nothing to learn from this label
     return DetectorExample(
@@ -172,12 +190,25 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
         width=frame.width,
         height=frame.height,
         boxes=_boxes(sure),
-        weights=np.full(len(sure), CLOUD_WEIGHT, np.float32),
+        weights=np.asarray(weights, np.float32),
         ignore=_boxes(unsure),
         background=True,
         source="cloud",
         coverage=coverage,
     )
+
+
+def _unseen_guesses(people: Sequence[LabelBox], coverage: np.ndarray | None) -> list[bool]:
+    """Per box: whether it is the node's own guess where the cloud did not look (module
+    docstring): in a ``crops`` label, a box only the node reported (no cloud score) with
+    less than :data:`~fedge.core.geometry.LOOKED_SHARE` of its area in any crop."""
+    if coverage is None or len(coverage) == 0 or not people:
+        return [False] * len(people)  # a whole frame; or landmarks: its own rule
+    inside = covered_share(np.asarray([b.box for b in people], np.float64), coverage)
+    return [
+        b.cloud_score is None and b.edge_score is not None and share < LOOKED_SHARE
+        for b, share in zip(people, inside, strict=True)
+    ]
 
 
 def _own_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample | None:
