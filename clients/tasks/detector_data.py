@@ -14,9 +14,9 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
   its area in any crop. Fusion scores the cloud's silence there as "no evidence" (0.5),
   so such a box would clear the floor from an edge score of 0.1; it is no cloud label,
   and it trains as the node's own box does (below: weight ``own_weight`` from
-  ``self_min_score``), else it is an ignored region (measured in the demo: 21 of 26 such
-  label boxes were nobody by the whole-frame teacher, ``benchmarks/demo_loop.py``'s
-  ``labels.md``). Other
+  ``self_min_score``), else it is an ignored region (in the demo most such boxes were
+  nobody by the teacher run on the whole frame: ``benchmarks/demo_loop.py``'s
+  ``labels.md`` counts them). Other
   anchors are background only where the cloud looked (the label's ``coverage``): the
   whole frame for a ``frames`` case (and labels older than coverage); only inside the
   crops for a ``crops`` case, an anchor being "inside" when at least ``1 - negative_iou``
