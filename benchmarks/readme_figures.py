@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import statistics
 import sys
@@ -222,6 +223,18 @@ def _niid() -> str:
     )
 
 
+def _most_per_site(folder: str) -> str:
+    """``", per site up to X%"`` from the last round of ``folder/rounds.jsonl`` (or "")."""
+    path = RESULTS / folder / "rounds.jsonl"
+    if not path.exists():
+        return ""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    shares = json.loads(lines[-1]).get("upload_share_per_site") if lines else None
+    if not shares:
+        return ""
+    return f", per site up to {100 * max(float(v) for v in shares.values()):.1f}%"
+
+
 def _demo_run(folder: str, what: str) -> str:
     if not (RESULTS / folder / "rounds.csv").exists():
         return f"- `fedge demo` {what}: not run yet (`benchmarks/demo_loop.py`)."
@@ -239,7 +252,8 @@ def _demo_run(folder: str, what: str) -> str:
         f"{float(last['teacher_persons']):.2f}; hard-case rate "
         f"{100 * float(first['hard_case_rate']):.0f}% → "
         f"{100 * float(last['hard_case_rate']):.0f}%, frames uploaded in the last round "
-        f"{100 * float(last['upload_share']):.1f}% (goal 5%); all rounds sent {sent:,} B "
+        f"{100 * float(last['upload_share']):.1f}%{_most_per_site(folder)} (goal 5% per site); "
+        f"all rounds sent {sent:,} B "
         f"against {every:,} B for every frame ({100 * sent / every:.1f}%); int8 model "
         f"{int(last['model_bytes']):,} B; edge {float(last['edge_fps']):.1f} FPS per site"
     )
