@@ -335,8 +335,9 @@ def test_the_nodes_own_guess_where_the_cloud_did_not_look_is_no_cloud_label(
     tmp_path: Path,
 ) -> None:
     """In a crops label an edge-only box outside every crop trains only as the node's
-    own box (from ``self_min_score``, weight ``own_weight``), else it is ignored; inside a
-    crop, or in a whole-frame or landmarks label, the fused score decides as before."""
+    own box (from ``self_min_score``, weight ``own_weight``), else it is ignored; so does
+    every edge-only box of a landmarks label (no pixel seen); inside a crop, or in a
+    whole-frame label, the fused score decides as before."""
     outside_unsure = (500.0, 300.0, 560.0, 450.0)  # no crop holds it
     outside_sure = (400.0, 300.0, 460.0, 450.0)
     inside = (160.0, 110.0, 220.0, 260.0)  # in CROP
@@ -360,6 +361,10 @@ def test_the_nodes_own_guess_where_the_cloud_did_not_look_is_no_cloud_label(
     assert crops.boxes.tolist() == [list(PERSON), list(outside_sure), list(inside)]
     assert crops.weights.tolist() == [1.0, 0.5, 1.0]
     assert crops.ignore.tolist() == [list(outside_unsure)]
-    for whole in (frame, landmarks):  # the fused score alone decides
-        assert len(whole.boxes) == 4 and whole.weights.tolist() == [1.0] * 4
-        assert len(whole.ignore) == 0
+    # landmarks: the cloud saw no pixel, so even the box "inside" is the node's guess
+    assert landmarks.boxes.tolist() == [list(PERSON), list(outside_sure)]
+    assert landmarks.weights.tolist() == [1.0, 0.5]
+    assert landmarks.ignore.tolist() == [list(outside_unsure), list(inside)]
+    # a whole frame: the fused score alone decides
+    assert len(frame.boxes) == 4 and frame.weights.tolist() == [1.0] * 4
+    assert len(frame.ignore) == 0

@@ -9,17 +9,18 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
   with the fused boxes): every ``person`` box whose fused score is at least
   ``label_min_score`` is a target of weight :data:`CLOUD_WEIGHT` (1.0); boxes below it are
   *ignored regions* (anchors overlapping them are neither person nor background). The
-  exception is the node's own guess where the cloud did not look: in a ``crops`` label, a
-  box only the node reported (no cloud score) with less than ``LOOKED_SHARE`` (60%) of
-  its area in any crop. Fusion scores the cloud's silence there as "no evidence" (0.5),
-  so such a box would clear the floor from an edge score of 0.1; it is no cloud label,
-  and it trains as the node's own box does (below: weight ``own_weight`` from
-  ``self_min_score``), else it is an ignored region (in the demo most such boxes were
-  nobody by the teacher run on the whole frame: ``benchmarks/demo_loop.py``'s
-  ``labels.md`` counts them). Other
-  anchors are background only where the cloud looked (the label's ``coverage``): the
-  whole frame for a ``frames`` case (and labels older than coverage); only inside the
-  crops for a ``crops`` case, an anchor being "inside" when at least ``1 - negative_iou``
+  exception is the node's own guess where the cloud did not look: a box only the node
+  reported (no cloud score) with less than ``LOOKED_SHARE`` (60%) of its area in any crop
+  of a ``crops`` label, or any such box in a ``landmarks`` label (the cloud saw the
+  poses' landmarks, not the node's detector boxes without a pose). Fusion scores the
+  cloud's silence there as "no evidence" (0.5), so such a box would clear the floor from
+  an edge score of 0.1; it is no cloud label, and it trains as the node's own box does
+  (below: weight ``own_weight`` from ``self_min_score``), else it is an ignored region
+  (in the demo most such boxes were nobody by the teacher run on the whole frame:
+  ``benchmarks/demo_loop.py``'s ``labels.md`` counts them). Other anchors are background
+  only where the cloud looked (the label's ``coverage``): the whole frame for a
+  ``frames`` case (and labels older than coverage); only inside the crops for a
+  ``crops`` case, an anchor being "inside" when at least ``1 - negative_iou``
   of it (the part in the frame) lies in one crop, so a person the cloud never saw
   overlaps it by less than ``negative_iou`` and the anchor would be background in a
   whole-frame label too; nowhere for a ``landmarks`` case (only its boxes train, and a
@@ -200,10 +201,11 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
 
 def _unseen_guesses(people: Sequence[LabelBox], coverage: np.ndarray | None) -> list[bool]:
     """Per box: whether it is the node's own guess where the cloud did not look (module
-    docstring): in a ``crops`` label, a box only the node reported (no cloud score) with
-    less than :data:`~fedge.core.geometry.LOOKED_SHARE` of its area in any crop."""
-    if coverage is None or len(coverage) == 0 or not people:
-        return [False] * len(people)  # a whole frame; or landmarks: its own rule
+    docstring): a box only the node reported (no cloud score) with less than
+    :data:`~fedge.core.geometry.LOOKED_SHARE` of its area in any crop of a ``crops``
+    label; in a ``landmarks`` label (no pixel seen) every such box."""
+    if coverage is None or not people:
+        return [False] * len(people)  # a whole frame: the cloud looked everywhere
     inside = covered_share(np.asarray([b.box for b in people], np.float64), coverage)
     return [
         b.cloud_score is None and b.edge_score is not None and share < LOOKED_SHARE
