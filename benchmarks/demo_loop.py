@@ -373,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.local_epochs} local epochs, lr decay {args.lr_decay:g}"
         f"{', warm start' if args.warm_start else ''}, "
         f"train-schedule {args.schedule}; run "
-        f"{time.strftime('%Y-%m-%d %H:%M')} in "
-        f"{seconds / 60:.1f} min"
+        f"{time.strftime('%Y-%m-%d %H:%M')}: the demo itself (what `fedge demo` runs) "
+        f"took {result.seconds / 60:.1f} min, {seconds / 60:.1f} min with this "
+        "benchmark's fusion and label scoring"
         + (
             ""
             if others is None

@@ -15,11 +15,11 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.attacks import apply_attack, is_malicious
-from clients.fashion_mnist_node import round_seed
 from clients.model_updates import INSTALL_MODEL_ACTION, install_model_reply
 from clients.tasks import NodeSetup, Task, get_task
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig
+from fedge.core.seeds import round_seed
 from strategies.compression import (
     RESIDUAL_STATE_KEY,
     encode_update,

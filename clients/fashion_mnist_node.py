@@ -9,7 +9,6 @@ process's ``FEDGE_DATA_DIR``; see ``data.fashion_mnist``) and logs which one it 
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,7 +22,7 @@ from fedge.core.run_config import RunConfig
 from models.cnn import build_cnn
 from models.training import LocalTrainer, set_cpu_threads, to_model_input
 
-__all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for", "round_seed"]
+__all__ = ["NodeData", "get_trainer", "load_node_data", "node_data_for"]
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,6 @@ class NodeData:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-
-
-def round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A seed unique to (run seed, round, partition), stable across processes."""
-    return zlib.crc32(f"{seed}/{server_round}/{partition_id}".encode())
 
 
 @lru_cache(maxsize=4)

@@ -157,7 +157,7 @@ def test_tasks_backend_without_mediapipe_is_a_one_line_error(
 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert 'fedge[tasks]' in done.stderr
+    assert "fedge[tasks]" in done.stderr
 
 
 def test_a_blocked_package_really_fails_to_import(tmp_path: Path) -> None:

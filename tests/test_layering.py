@@ -78,3 +78,16 @@ def test_run_config_does_not_import_flower_or_tensorflow() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_client_app_loads_without_tensorflow() -> None:
+    # A SuperNode starts a ClientApp process per message: a query (node info, model
+    # install) must not pay TensorFlow's import (seconds); training loads it on demand.
+    code = (
+        "import sys; import clients.client_app, clients.model_updates; "
+        "print(','.join(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

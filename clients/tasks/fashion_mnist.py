@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from clients.fashion_mnist_node import get_trainer, node_data_for, round_seed
+from clients.fashion_mnist_node import get_trainer, node_data_for
 from clients.tasks.base import CentralEvaluation, EvaluateOutcome, NodeSetup, TrainOutcome
 from data.fashion_mnist import load_fashion_mnist
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import RunConfig
+from fedge.core.seeds import round_seed
 from models.cnn import build_cnn
 from models.training import LocalTrainer, to_model_input
 
