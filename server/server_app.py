@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,6 @@ def main(grid: Grid, context: Context) -> None:
     evaluator = CentralEvaluator(cfg)
     config_hash = cfg.training_hash()
 
-    arrays = evaluator.initial_arrays()
     first_round = 1
     checkpoint = load_latest_checkpoint(run_dir, config_hash) if cfg.resume else None
     if checkpoint is not None:
@@ -61,18 +61,26 @@ def main(grid: Grid, context: Context) -> None:
         restore_strategy_state(strategy, checkpoint.state)
         first_round = checkpoint.round + 1
         log.warning("resuming %s after round %d", run_dir, checkpoint.round)
+    else:
+        arrays = evaluator.initial_arrays()
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
     last_round = cfg.num_server_rounds
     if cfg.stop_after_round:
         last_round = min(last_round, cfg.stop_after_round)
 
     task = get_task(cfg.task)
+    # the export's imports and model load while the nodes train (a run of the person
+    # detector spends seconds importing TensorFlow; the nodes' first round takes minutes)
+    preparing = ThreadPoolExecutor(1, thread_name_prefix="prepare-export")
+    prepared = preparing.submit(task.prepare_export, cfg)
+    preparing.shutdown(wait=False)
 
     def on_round_end(report: RoundReport) -> None:
         weights = report.arrays.to_numpy_ndarrays()
         exported: dict[str, Any] = {}
         delivered: dict[str, Any] = {}
         if report.aggregated:
+            prepared.result()  # re-raises what went wrong there
             # the nodes evaluated these weights this round: their score-bin counts calibrate it
             evaluations = [client.metrics for client in report.evaluate_clients]
             exported = task.export(
