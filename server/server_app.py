@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -69,18 +68,12 @@ def main(grid: Grid, context: Context) -> None:
         last_round = min(last_round, cfg.stop_after_round)
 
     task = get_task(cfg.task)
-    # the export's imports and model load while the nodes train (a run of the person
-    # detector spends seconds importing TensorFlow; the nodes' first round takes minutes)
-    preparing = ThreadPoolExecutor(1, thread_name_prefix="prepare-export")
-    prepared = preparing.submit(task.prepare_export, cfg)
-    preparing.shutdown(wait=False)
 
     def on_round_end(report: RoundReport) -> None:
         weights = report.arrays.to_numpy_ndarrays()
         exported: dict[str, Any] = {}
         delivered: dict[str, Any] = {}
         if report.aggregated:
-            prepared.result()  # re-raises what went wrong there
             # the nodes evaluated these weights this round: their score-bin counts calibrate it
             evaluations = [client.metrics for client in report.evaluate_clients]
             exported = task.export(

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from loopback_grid import LoopbackGrid
 
 from clients.client_app import app as client_app
+from server import grid_exchange
 from server.grid_exchange import send_and_receive
 
 
@@ -89,3 +91,32 @@ def test_grid_without_push_falls_back_to_its_send_and_receive() -> None:
     ]
     replies = send_and_receive(grid, queries, timeout=10.0)
     assert len(replies) == 2 and grid.replies == replies
+
+
+class _ScheduledGrid(_LateGrid):
+    """Message ``m<i>`` is answered from pull number ``answer_at[i]`` on."""
+
+    def __init__(self, answer_at: list[int]) -> None:
+        super().__init__()
+        self.answer_at = answer_at
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        ready = [m for m in message_ids if self.answer_at[int(m[1:])] <= self.pulls]
+        return [Message(RecordDict(), reply_to=_with_id(self.pushed[m], m)) for m in ready]
+
+
+def test_pauses_grow_while_nothing_arrives_and_reset_on_a_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the first reply on pull 7, the second on pull 8; sleeping is recorded only
+    pauses: list[float] = []
+    monkeypatch.setattr(grid_exchange.time, "sleep", pauses.append)
+    grid = _ScheduledGrid([7, 8])
+
+    # Execute
+    replies = send_and_receive(grid, _messages(2), timeout=None, poll_s=0.2, max_poll_s=1.0)
+
+    # Assert: x1.5 after each empty pull, capped at 1 s, back to 0.2 s after a reply
+    assert len(replies) == 2 and grid.pulls == 8
+    assert pauses == pytest.approx([0.2, 0.3, 0.45, 0.675, 1.0, 1.0, 0.2])

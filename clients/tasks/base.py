@@ -109,12 +109,6 @@ class Task(Protocol):
         (``server.rounds``, warm start) instead of aggregating every node's."""
         ...
 
-    def prepare_export(self, cfg: RunConfig) -> None:
-        """Load what :meth:`export` needs (libraries, the model) ahead of time. The
-        ServerApp runs it in a background thread while the nodes train, so an export
-        does not start by importing TensorFlow."""
-        ...
-
     def export(
         self,
         cfg: RunConfig,

@@ -120,9 +120,6 @@ class FashionMnistTask:
         """Never: the NIID-Bench protocol aggregates every party from round 1."""
         return False
 
-    def prepare_export(self, cfg: RunConfig) -> None:
-        """Nothing to prepare: the research task exports nothing."""
-
     def export(
         self,
         cfg: RunConfig,

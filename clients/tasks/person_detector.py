@@ -464,16 +464,6 @@ class PersonDetectorTask:
         """None: the cloud holds no site's frames; the nodes report mAP."""
         return None
 
-    def prepare_export(self, cfg: RunConfig) -> None:
-        """Import the export helper and TensorFlow and build the server's model."""
-        if cfg.detector_export == "none":
-            return
-        try:
-            import export.tflite_export  # noqa: F401
-        except ImportError:
-            return  # export() says so, once per round
-        _server_model()
-
     def export(
         self,
         cfg: RunConfig,
