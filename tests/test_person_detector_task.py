@@ -40,6 +40,7 @@ from fedge.core.records import Detection, FrameResult, Person
 from fedge.core.run_config import RunConfig
 from models.box_coding import DEFAULT_ANCHORS
 from models.person_detector import build_person_detector
+from models.weight_packing import unpack_weights
 from server.metrics_log import read_metrics
 from server.server_app import app as server_app
 
@@ -498,11 +499,14 @@ def test_fedprox_holds_local_weights_closer_to_the_global_model(site_stores: lis
     task = get_task("person-detector")
     node = task.node_setup(cfg, {"store-dir": str(site_stores[0]), "partition-id": 0})
     start = task.initial_weights(cfg)
-    trainable = [v.trainable for v in build_person_detector().weights]  # not the BN statistics
+    variables = build_person_detector().weights
+    trainable = [v.trainable for v in variables]  # not the BN statistics
+    shapes = [tuple(v.shape) for v in variables]
 
     def drift(mu: float) -> float:
         out = task.train(cfg, node, start, server_round=1, proximal_mu=mu, correction=None)
-        pairs = zip(out.weights, start, trainable, strict=True)
+        trained, initial = unpack_weights(out.weights, shapes), unpack_weights(start, shapes)
+        pairs = zip(trained, initial, trainable, strict=True)
         return float(sum(np.sum((a - b) ** 2) for a, b, t in pairs if t) ** 0.5)
 
     # Execute

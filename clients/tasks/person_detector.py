@@ -23,7 +23,9 @@ per round), ``detector-batch-size`` frames per batch read from the JPEGs. Afterw
 batch-norm statistics are recomputed on up to :data:`STATISTICS_FRAMES` training frames
 under the final weights (``recompute_batchnorm_statistics``), so the reply's running
 statistics match its weights. The reply carries the model's ``get_weights()`` (trainable
-weights and batch-norm statistics), which FedAvg averages like any other weight.
+weights and batch-norm statistics), which FedAvg averages like any other weight, packed
+into one flat array (``models.weight_packing``; so is the server's initial model): Flower
+sends each array of a message with requests of its own.
 
 Batch-norm statistics across sites
 ----------------------------------
@@ -99,6 +101,7 @@ from clients.tasks.detector_eval import (
 from fedge.core.errors import ConfigError, StoreError
 from fedge.core.run_config import RunConfig
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec
+from models.weight_packing import pack_weights
 
 __all__ = [
     "CALIBRATION_FRAMES",
@@ -175,15 +178,9 @@ class DetectorTrainer:
         return [np.asarray(w) for w in self.model.get_weights()]
 
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
-        """Load ``weights``; ``ConfigError`` when they are not this detector's."""
-        expected = [tuple(w.shape) for w in self.model.weights]
-        got = [tuple(np.shape(w)) for w in weights]
-        if expected != got:
-            raise ConfigError(
-                f"received {len(got)} weight arrays that do not fit the person detector "
-                f"({len(expected)} arrays); start server and nodes with the same fedge and task"
-            )
-        self.model.set_weights(list(weights))
+        """Load ``weights``, packed (``models.weight_packing``) or not; ``ConfigError``
+        when they are not this detector's."""
+        self.model.set_weights(_unpacked(self.model, weights))
 
     def fit(
         self, batches: StoreBatches, *, epochs: int, learning_rate: float, proximal_mu: float
@@ -206,6 +203,12 @@ class DetectorTrainer:
         """Batch-norm statistics from up to :data:`STATISTICS_FRAMES` of ``examples``."""
         chosen = _spread(examples, STATISTICS_FRAMES)
         _recompute(self.model, np.stack([load_input(e, self.spec) for e in chosen]))
+
+
+def _unpacked(model: Any, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    from models.weight_packing import unpack_weights
+
+    return unpack_weights(weights, [tuple(w.shape) for w in model.weights])
 
 
 def _recompute(model: Any, images: np.ndarray) -> None:
@@ -322,7 +325,7 @@ class PersonDetectorTask:
         from models.person_detector import build_person_detector
 
         model = build_person_detector(DEFAULT_ANCHORS, seed=cfg.seed)
-        return [np.asarray(w) for w in model.get_weights()]
+        return pack_weights(model.get_weights())
 
     def train(
         self,
@@ -381,7 +384,10 @@ class PersonDetectorTask:
             "held-out-frames": float(len(examples.held_out)),
         }
         return TrainOutcome(
-            trainer.get_weights(), metrics, len(train), cfg.local_epochs * len(batches)
+            pack_weights(trainer.get_weights()),
+            metrics,
+            len(train),
+            cfg.local_epochs * len(batches),
         )
 
     def evaluate(
@@ -492,7 +498,7 @@ class PersonDetectorTask:
         from models.person_detector import frame_to_input
 
         model = _server_model()
-        model.set_weights(list(weights))
+        model.set_weights(_unpacked(model, weights))
         frames = _server_calibration(cfg)
         began = time.perf_counter()
         _recompute(model, np.stack([frame_to_input(f, DEFAULT_ANCHORS) for f in frames]))

@@ -214,8 +214,8 @@ def _run_config(options: DemoOptions, out: Path) -> dict[str, Any]:
         "detector-int8-eval-every": 0,  # the demo scores the installed int8 model itself
         "detector-export": "int8",
         # one thread: the same figures on every run of this CPU. (Two made a demo store's
-        # 10 epochs 8% faster alone, but the demo's rounds no faster, and changed its
-        # figures: after round 1 the sites' mAP 0.08 against 0.27.)
+        # 10 epochs alone 8% faster, but the demo's first round no faster, and changed its
+        # figures, so sensitive is training to summation order: round 1's mAP 0.08, not 0.27)
         "cpu-threads": 1,
         "run-name": "demo",
         "seed": options.seed,
@@ -316,7 +316,6 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
     steps = 2 + 2 * (options.rounds + 1)
     rounds: list[dict[str, Any]] = []
     agents: list[SiteAgent] = []
-    federation: DemoFederation | None = None
     with ProcessGroup(out / "logs") as group:
         try:
             say("starting fedge cloud", 1 / steps)
@@ -416,14 +415,11 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
                         "the sites keep the model they run",
                         done,
                     )
-            federation.collect()  # the last round's `flwr run`, finishing its log stream
             for site, agent in zip(plan.sites, agents, strict=True):
                 site_frames = agent.kept
                 for index, image in site_frames.items():
                     cv2.imwrite(str(out / f"strip-{site.name}-{index:06d}.jpg"), image)
         finally:
-            if federation is not None:
-                federation.close()
             for agent in agents:
                 agent.close()
     from fedge.demo.report import write_report

@@ -31,9 +31,6 @@ __all__ = ["CONNECTION", "DemoFederation", "check_cloud", "start_cloud"]
 
 CONNECTION = "fedge-demo"
 START_TIMEOUT_S = 120.0
-POLL_S = 0.2
-TAIL_TIMEOUT_S = 60.0
-"""Seconds a finished round's ``flwr run`` may take to stream its last log lines."""
 
 
 def _tool(name: str) -> str:
@@ -116,7 +113,6 @@ class DemoFederation:
         self.port = free_port()
         self.flwr_home = work / "flwr-cli"
         self.runs: list[dict[str, Any]] = []
-        self._running: tuple[subprocess.Popen[bytes], Path, int] | None = None
 
     def start(self) -> None:
         """Start the SuperLink and the SuperNodes; write the flwr CLI's connection."""
@@ -169,19 +165,12 @@ class DemoFederation:
             )
 
     def run_round(self, server_round: int, timeout: float) -> dict[str, Any]:
-        """Run Flower round ``server_round`` (resuming the last); return its metrics line.
-
-        Returns once the ServerApp has checkpointed the round and written its final
-        weights: ``flwr run --stream`` then only waits for the run's last log lines
-        (seconds), so it finishes in the background and :meth:`close` (or the next
-        round) collects it and raises if it failed after all.
-        """
-        self.collect()
+        """Run Flower round ``server_round`` (resuming the last); return its metrics line."""
         values = {**self.run_config, "num-server-rounds": server_round, "resume": True}
         command = [_tool("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
         command += ["--run-config", format_run_config(values)]
         log = self.group.log_dir / f"flwr-run-{server_round}.log"
-        began, wall = time.perf_counter(), time.time()
+        began = time.perf_counter()
         with open(log, "wb") as handle:
             process = subprocess.Popen(
                 command,
@@ -192,37 +181,17 @@ class DemoFederation:
                 cwd=self.app_dir,
                 start_new_session=True,
             )
-        self._running = (process, log, server_round)
-        while process.poll() is None and not self._round_written(server_round, wall):
-            if time.perf_counter() - began > timeout:
-                self.close()
-                raise FedgeError(
-                    f"Flower round {server_round} did not finish in {timeout:.0f} s; log: {log}"
-                )
-            time.sleep(POLL_S)
-        if process.poll() is not None:
-            self.collect()
-        line = self._metrics_line(server_round)
-        line["flwr_run_seconds"] = time.perf_counter() - began
-        match = re.search(r"run[ _-]?id[^0-9]*([0-9]+)", log.read_text(errors="replace"))
-        line["flwr_run_id"] = int(match.group(1)) if match else None
-        self.runs.append(line)
-        return line
-
-    def collect(self, timeout: float = TAIL_TIMEOUT_S) -> None:
-        """Wait for the last ``flwr run`` (if any) to exit; ``FedgeError`` if it failed."""
-        if self._running is None:
-            return
-        process, log, server_round = self._running
-        try:
-            code = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            if process.poll() is None:
+            try:
+                code = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            self._running = None
+                raise FedgeError(
+                    f"Flower round {server_round} did not finish in {timeout:.0f} s; log: {log}"
+                ) from None
+            finally:
+                if process.poll() is None:
+                    process.kill()
         text = log.read_text(errors="replace")
         if code != 0 or "An unhandled exception occurred" in text or "Exit Code:" in text:
             self.group.check()
@@ -230,26 +199,12 @@ class DemoFederation:
                 f"Flower round {server_round} failed (flwr run exit {code}); last lines of "
                 f"{log}:\n{log_tail(log)}"
             )
-
-    def close(self) -> None:
-        """Stop the last ``flwr run`` if it still runs (its errors are not raised here)."""
-        if self._running is not None:
-            process = self._running[0]
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            self._running = None
-
-    def _round_written(self, server_round: int, since: float) -> bool:
-        """Whether this run's ServerApp checkpointed ``server_round`` and wrote its final
-        weights (its last step) after ``since`` (wall clock)."""
-        latest = self.run_dir / "checkpoints" / "latest.json"
-        final = self.run_dir / "final_weights.npz"
-        try:
-            done = json.loads(latest.read_text()).get("round") == server_round
-            return done and final.stat().st_mtime >= since
-        except (OSError, ValueError):
-            return False
+        line = self._metrics_line(server_round)
+        line["flwr_run_seconds"] = time.perf_counter() - began
+        match = re.search(r"run[ _-]?id[^0-9]*([0-9]+)", text, flags=re.IGNORECASE)
+        line["flwr_run_id"] = int(match.group(1)) if match else None
+        self.runs.append(line)
+        return line
 
     @property
     def run_dir(self) -> Path:
