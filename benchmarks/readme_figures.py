@@ -257,6 +257,10 @@ def _demo_run(folder: str, what: str) -> str:
         f"against {every:,} B for every frame ({100 * sent / every:.1f}%); int8 model "
         f"{int(last['model_bytes']):,} B; edge {float(last['edge_fps']):.1f} FPS per site"
     )
+    header = (RESULTS / folder / "rounds.md").read_text()
+    took = re.search(r"the demo itself \(what `fedge demo` runs\) took ([\d.]+) min", header)
+    if took is not None:  # headers written before the demo's own time was recorded lack it
+        text += f"; the demo took {took.group(1)} min"
     if (RESULTS / folder / "fusion.csv").exists():
         fusion = {r["method"]: float(r["map50"]) for r in _rows(f"{folder}/fusion.csv")}
         text += "; labels re-fused on its hard cases, mAP@0.5 against the whole-frame teacher: " + (
