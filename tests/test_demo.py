@@ -163,6 +163,32 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
 
 
 @pytest.mark.slow
+def test_ctrl_c_in_a_flower_round_stops_the_serverapp_too(tmp_path: Path) -> None:
+    # The SuperLink starts the ServerApp through a SuperExec in a session of its own; an
+    # interrupt mid-round used to leave that ServerApp running, retrying a gone SuperLink
+    source = _frames_folder(tmp_path / "frames", 60)
+    out = tmp_path / "out"
+    demo = start_as_background_job(
+        [sys.executable, "-m", "fedge", "demo", "--source", str(source), "--sites", "2",
+         "--rounds", "2", "--local-epochs", "3", "--out", str(out)],
+        REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 1800  # a bound for a hung demo only
+        while not any("flwr-serverapp" in p for p in processes_mentioning(out)):
+            assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
+            assert time.monotonic() < deadline, "the demo never started a Flower round"
+            time.sleep(0.5)
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(timeout=600)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert code == 130
+    assert processes_mentioning(out) == []
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     source = _frames_folder(tmp_path / "frames", 60)
     out = tmp_path / "out"

@@ -2,8 +2,11 @@
 and stops, every one of them, on success, on error and on Ctrl-C.
 
 Each process runs in its own session (process group) with its output in a log file;
-:meth:`ProcessGroup.close` sends SIGTERM to every group, waits a grace period, then
-SIGKILLs what is left, children included (a SuperNode's ClientApp processes).
+:meth:`ProcessGroup.close` sends SIGTERM to every process in those sessions and in the
+sessions their descendants opened, waits a grace period, then SIGKILLs what is left.
+Children in a session of their own matter: flwr 1.42's SuperLink starts its SuperExec in
+a new session, and the SuperExec the ServerApp, so signalling the SuperLink's group
+alone left a ServerApp interrupted mid-round running, retrying a SuperLink that was gone.
 """
 
 from __future__ import annotations
@@ -88,16 +91,20 @@ class ProcessGroup:
                 )
 
     def close(self) -> None:
-        """Stop every process: SIGTERM to each group, then SIGKILL after the grace period."""
-        for item in reversed(self.started):
-            _signal_group(item.process.pid, signal.SIGTERM)
+        """Stop every process (module docstring): SIGTERM, then SIGKILL after the grace
+        period, to every process in the started ones' sessions and their descendants'."""
+        roots = [item.process.pid for item in self.started]
+        sessions = _sessions_below(roots)
+        _signal_sessions(sessions, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         for item in reversed(self.started):
             try:
                 item.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(item.process.pid, signal.SIGKILL)  # stragglers in the group too
+        # sessions opened during the grace period too, and whatever a session still holds
+        _signal_sessions(sessions | _sessions_below(roots), signal.SIGKILL)
+        for item in self.started:
             try:
                 item.process.wait(timeout=5.0)
             except subprocess.TimeoutExpired:
@@ -120,11 +127,54 @@ class ProcessGroup:
         self.close()
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def _process_table() -> list[tuple[int, int, int]]:
+    """``(pid, parent pid, session id)`` of every process (Linux ``/proc``; else none)."""
+    table = []
     try:
-        os.killpg(pid, sig)  # the process's own session: pgid == pid
-    except (ProcessLookupError, PermissionError):
-        pass
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table.append((int(name), int(fields[1]), int(fields[3])))
+    return table
+
+
+def _sessions_below(roots: Sequence[int]) -> set[int]:
+    """The sessions of ``roots`` (each leads its own) and of all their descendants."""
+    table = _process_table()
+    children: dict[int, list[tuple[int, int]]] = {}
+    for pid, parent, session in table:
+        children.setdefault(parent, []).append((pid, session))
+    sessions, todo = set(roots), list(roots)
+    while todo:
+        for pid, session in children.get(todo.pop(), ()):
+            sessions.add(session)
+            todo.append(pid)
+    sessions.discard(os.getsid(0))  # never this process's own session
+    return sessions
+
+
+def _signal_sessions(sessions: set[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to every process of ``sessions`` (the groups too where ``/proc`` is
+    missing: each started process leads its own)."""
+    own = os.getpid()
+    for pid, _, session in _process_table():
+        if session in sessions and pid != own:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for leader in sessions:
+        try:
+            os.killpg(leader, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def wait_for_port(port: int, started: Started, timeout: float) -> None:
