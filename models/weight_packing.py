@@ -8,8 +8,8 @@ where those hand-offs lie between one site's training and the next). Packed, a m
 message carries one array. Every strategy fedge offers works element by element
 (averages, clipping norms, control variates, medians over the same positions), so a
 packed model aggregates exactly as the arrays it holds would. Update compression
-(``compression-bits``) quantizes per array, so on a packed model one scale covers every
-layer.
+(``compression-bits``, ``compression-topk``) works per array, so the person-detector task
+does not pack when it is on (one quantization scale per layer, not one for the model).
 """
 
 from __future__ import annotations

@@ -614,3 +614,14 @@ def test_a_round_no_node_trained_in_exports_and_sends_nothing(tmp_path: Path) ->
     assert not list((tmp_path / "out" / "detector").glob("models/*.tflite"))
     assert all(not (p / "detector").exists() for p in stores)
     assert not any(r.metadata.message_type == "query.install_model" for r in grid.replies)
+
+
+def test_the_model_travels_packed_unless_updates_are_compressed() -> None:
+    task = get_task("person-detector")
+    shapes = [tuple(v.shape) for v in build_person_detector().weights]
+    packed = task.initial_weights(RunConfig.from_mapping(RUN))
+    plain = task.initial_weights(RunConfig.from_mapping({**RUN, "compression-bits": 8}))
+    assert len(packed) == 1 and packed[0].size == sum(int(np.prod(s)) for s in shapes)
+    assert [w.shape for w in plain] == shapes  # quantized per array, one scale per layer
+    for a, b in zip(unpack_weights(packed, shapes), plain, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same model either way

@@ -205,6 +205,12 @@ class DetectorTrainer:
         _recompute(self.model, np.stack([load_input(e, self.spec) for e in chosen]))
 
 
+def _on_wire(cfg: RunConfig, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """``weights`` as messages carry them: packed, unless updates are compressed (which
+    quantizes per array: one scale per layer, not one for the whole model)."""
+    return weights if cfg.compression.enabled else pack_weights(weights)
+
+
 def _unpacked(model: Any, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
     from models.weight_packing import unpack_weights
 
@@ -325,7 +331,7 @@ class PersonDetectorTask:
         from models.person_detector import build_person_detector
 
         model = build_person_detector(DEFAULT_ANCHORS, seed=cfg.seed)
-        return pack_weights(model.get_weights())
+        return _on_wire(cfg, model.get_weights())
 
     def train(
         self,
@@ -384,7 +390,7 @@ class PersonDetectorTask:
             "held-out-frames": float(len(examples.held_out)),
         }
         return TrainOutcome(
-            pack_weights(trainer.get_weights()),
+            _on_wire(cfg, trainer.get_weights()),
             metrics,
             len(train),
             cfg.local_epochs * len(batches),
