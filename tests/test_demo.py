@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -162,57 +163,57 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     assert processes_mentioning(out) == []
 
 
-@pytest.mark.slow
-def test_ctrl_c_in_a_flower_round_stops_the_serverapp_too(tmp_path: Path) -> None:
-    # The SuperLink starts the ServerApp through a SuperExec in a session of its own; an
-    # interrupt mid-round used to leave that ServerApp running, retrying a gone SuperLink
-    source = _frames_folder(tmp_path / "frames", 60)
-    out = tmp_path / "out"
-    demo = start_as_background_job(
-        [sys.executable, "-m", "fedge", "demo", "--source", str(source), "--sites", "2",
-         "--rounds", "2", "--local-epochs", "3", "--out", str(out)],
-        REPO,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 1800  # a bound for a hung demo only
-        while not any("flwr-serverapp" in p for p in processes_mentioning(out)):
-            assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
-            assert time.monotonic() < deadline, "the demo never started a Flower round"
-            time.sleep(0.5)
-        demo.send_signal(signal.SIGINT)
-        code = demo.wait(timeout=600)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    assert code == 130
-    assert processes_mentioning(out) == []
-
-
-@pytest.mark.slow
-def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+def _interrupted_demo(
+    tmp_path: Path, ready: Callable[[Path], bool], waiting_for: str, *args: str
+) -> tuple[int, Path]:
+    """Start a short demo as a background job, SIGINT it once ``ready(out)``; return its
+    exit status and ``out``."""
     source = _frames_folder(tmp_path / "frames", 60)
     out = tmp_path / "out"
     # SIGINT ignored, as a background job of a non-interactive shell inherits it (CI runs
     # the suite that way): the demo must still stop on it
     demo = start_as_background_job(
         [sys.executable, "-m", "fedge", "demo", "--source", str(source), "--sites", "2",
-         "--rounds", "2", "--out", str(out)],
+         "--rounds", "2", "--out", str(out), *args],
         REPO,
     )  # fmt: skip
     try:
         # generous: under load the teacher labels the held-out frames slowly before the
         # SuperNodes start; the bound only keeps a hung demo from hanging the suite
         deadline = time.monotonic() + 1800
-        while not (out / "logs" / "supernode-1.log").exists():
+        while not ready(out):
             assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
-            assert time.monotonic() < deadline, "the demo never started its SuperNodes"
+            assert time.monotonic() < deadline, f"the demo never {waiting_for}"
             time.sleep(0.5)
         assert processes_mentioning(out)  # cloud, SuperLink, SuperNodes are up
         demo.send_signal(signal.SIGINT)
-        code = demo.wait(timeout=600)
+        return demo.wait(timeout=600), out
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_flower_round_stops_the_serverapp_too(tmp_path: Path) -> None:
+    # The SuperLink starts the ServerApp through a SuperExec in a session of its own; an
+    # interrupt mid-round used to leave that ServerApp running, retrying a gone SuperLink
+    def serverapp_runs(out: Path) -> bool:
+        return any("flwr-serverapp" in p for p in processes_mentioning(out))
+
+    code, out = _interrupted_demo(
+        tmp_path, serverapp_runs, "started a Flower round", "--local-epochs", "3"
+    )
+    assert code == 130
+    assert processes_mentioning(out) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    code, out = _interrupted_demo(
+        tmp_path,
+        lambda out: (out / "logs" / "supernode-1.log").exists(),
+        "started its SuperNodes",
+    )
     assert code == 130
     assert not (out / "report.md").exists()  # stopped by the signal, not run to its end
     assert processes_mentioning(out) == []
