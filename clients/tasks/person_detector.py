@@ -101,7 +101,7 @@ from clients.tasks.detector_eval import (
 from fedge.core.errors import ConfigError, StoreError
 from fedge.core.run_config import RunConfig
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec
-from models.weight_packing import pack_weights
+from models.weight_packing import pack_weights, unpack_weights
 
 __all__ = [
     "CALIBRATION_FRAMES",
@@ -212,8 +212,6 @@ def _on_wire(cfg: RunConfig, weights: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _unpacked(model: Any, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-    from models.weight_packing import unpack_weights
-
     return unpack_weights(weights, [tuple(w.shape) for w in model.weights])
 
 
