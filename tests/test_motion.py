@@ -145,8 +145,8 @@ def test_motion_regions_are_cropped_only_where_no_person_explains_them(model_dir
         "crops", str(model_dir), policy=PrivacyPolicy(motion_crops=False)
     ).crop_regions(result, 640, 480)
 
-    assert regions == [(90, 76, 160, 244), (394, 184, 436, 296)]  # person first, padded
-    assert off == [(90, 76, 160, 244)]
+    assert regions == [(75, 40, 175, 280), (385, 160, 445, 320)]  # person first, padded
+    assert off == [(75, 40, 175, 280)]
 
 
 def test_motion_boxes_are_never_person_evidence(tmp_path: Path) -> None:

@@ -267,7 +267,7 @@ def test_crop_regions_are_padded_and_clipped_to_the_frame(model_dir: Path) -> No
 
     regions = privacy.crop_regions(result, 640, 480)
 
-    assert regions == [(80, 60, 220, 340), (592, 384, 640, 480)]
+    assert regions == [(50, 0, 250, 400), (580, 360, 640, 480)]
 
 
 def test_crops_mode_with_nothing_to_crop_sends_no_pixels(
