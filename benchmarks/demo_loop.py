@@ -26,7 +26,7 @@ told otherwise) on the whole of OpenCV's ``vtest.avi`` (Debian ``opencv-doc``: 7
 
 Usage::
 
-    python benchmarks/demo_loop.py                       # vtest.avi, 3 sites, 10 rounds
+    python benchmarks/demo_loop.py --lr-decay 0.85 --local-epochs 10   # vtest.avi, as run
     python benchmarks/demo_loop.py --source data/samples/vtest_clip.mp4 --rounds 3 \
         --cold-start-share 0.4 \
         --out-dir benchmarks/results/demo_clip           # the README's default demo
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=VTEST)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=15)  # fedge demo's
     parser.add_argument("--lr-decay", type=float, default=0.5)
     parser.add_argument("--privacy", default="crops")
     parser.add_argument("--fusion", default="mean")

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         help="frames are resized to WxH ('native' keeps them; default 640x480)",
     )
     parser.add_argument(
-        "--local-epochs", type=int, default=10, metavar="N", help="local epochs per round (10)"
+        "--local-epochs", type=int, default=15, metavar="N", help="local epochs per round (15)"
     )
     parser.add_argument(
         "--lr-decay",

@@ -87,7 +87,7 @@ class DemoOptions:
     privacy: str = "crops"
     fusion: str = "mean"
     size: tuple[int, int] | None = (640, 480)
-    local_epochs: int = 10
+    local_epochs: int = 15
     warm_start: bool = False
     schedule: str = "auto"
     batch_size: int = 4
