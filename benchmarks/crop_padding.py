@@ -210,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    paddings = [float(p) for p in args.paddings.split(",") if p.strip()]
+    try:
+        paddings = [float(p) for p in args.paddings.split(",") if p.strip()]
+    except ValueError:
+        parser.error(f"--paddings must be comma-separated numbers, got {args.paddings!r}")
+    if not paddings or any(not 0.0 <= p <= 10.0 for p in paddings):
+        parser.error(f"--paddings must be numbers from 0 to 10, got {args.paddings!r}")
+    if args.every < 1:
+        parser.error(f"--every must be 1 or more, got {args.every}")
     started = time.perf_counter()
     results = run_benchmark(paddings, args.every, args.model_dir)
     header = (

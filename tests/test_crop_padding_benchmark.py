@@ -65,3 +65,16 @@ def test_a_short_run_writes_every_padding_and_the_frames_row(
     assert float(crops[1]["frame share shown"]) > float(crops[0]["frame share shown"])
     assert float(rows[-1]["frame share shown"]) == 1.0
     assert "| crops 0.5 |" in (tmp_path / "crop_padding.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("flags", [["--paddings", "a,b"], ["--paddings", "-1"], ["--every", "0"]])
+def test_bad_flags_give_a_one_line_error_before_any_model_loads(flags: list[str]) -> None:
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "benchmarks/crop_padding.py", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    # Assert: argparse's usage line and one error line, exit status 2
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("crop_padding.py: error: --")
