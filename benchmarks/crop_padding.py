@@ -44,10 +44,10 @@ from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from clients.capture import Capture, CaptureConfig  # noqa: E402
 from clients.privacy_filter import PrivacyFilter, PrivacyPolicy  # noqa: E402
-from fedge.core.geometry import iou_matrix  # noqa: E402
 from fedge.core.records import Detection, FrameResult  # noqa: E402
 from fedge.core.run_config import RunConfig  # noqa: E402
 from server.cloud.cases import CaseLimits, decode_case  # noqa: E402
+from server.cloud.fusion import match_boxes  # noqa: E402
 
 __all__ = ["PaddingResult", "main", "matched", "run_benchmark", "write_reports"]
 
@@ -97,22 +97,12 @@ class PaddingResult:
 
 
 def matched(reference: np.ndarray, found: list[Detection]) -> list[float]:
-    """Scores of the ``found`` boxes matched one-to-one (best IoU first, at least
-    ``MATCH_IOU``) to ``reference`` boxes ``(N, 4)``."""
+    """Scores of the ``found`` boxes paired one-to-one with ``reference`` boxes ``(N, 4)``
+    at IoU ``MATCH_IOU`` or more (``server.cloud.fusion.match_boxes``, as fusion pairs)."""
     if not len(reference) or not found:
         return []
-    overlaps = iou_matrix(reference, np.asarray([d.box for d in found], np.float64))
-    scores, used_ref, used_found = [], set(), set()
-    for flat in np.argsort(-overlaps, axis=None):
-        i, j = np.unravel_index(flat, overlaps.shape)
-        if overlaps[i, j] < MATCH_IOU:
-            break
-        if i in used_ref or j in used_found:
-            continue
-        used_ref.add(int(i))
-        used_found.add(int(j))
-        scores.append(float(found[j].score))
-    return scores
+    boxes = np.asarray([d.box for d in found], np.float64)
+    return [float(found[j].score) for _, j in match_boxes(reference, boxes, MATCH_IOU)]
 
 
 def _shown_share(case: object, width: int, height: int) -> float:
