@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -26,20 +27,17 @@ from server.cloud.teacher import (
 )
 
 CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "vtest_clip.mp4"
+LABELS = CLIP.with_name("vtest_clip_people.json")
 
-# People in two frames of the clip, labelled by hand (x1, y1, x2, y2 in the 640x480
-# frame; visible extent; frame 24's man in red is hidden below the waist by the woman in
-# front of him). Frame 120 also shows a yellow cloth on the grass, which is no person.
+# People in frames of the clip, labelled by hand (x1, y1, x2, y2 in the 640x480 frame;
+# visible extent; data/samples/vtest_clip_people.json, its notes say what is special in
+# each frame): the tests use frames 24 and 120 (frame 120 also shows a yellow cloth on the
+# grass, which is no person).
 PEOPLE = {
-    24: [
-        (50, 143, 79, 199), (305, 126, 327, 192), (488, 132, 511, 198),
-        (531, 254, 561, 342), (153, 290, 197, 355), (151, 330, 200, 457),
-    ],
-    120: [
-        (147, 124, 172, 187), (217, 129, 248, 192), (383, 166, 410, 238),
-        (515, 147, 539, 215), (567, 248, 606, 343), (244, 298, 298, 407),
-    ],
-}  # fmt: skip
+    int(index): [tuple(box) for box in boxes]
+    for index, boxes in json.loads(LABELS.read_text(encoding="utf-8"))["frames"].items()
+    if int(index) in (24, 120)
+}
 FOUND_IOU = 0.3
 """A box finds a labelled person when the one-to-one matching pairs them at this IoU."""
 COUNTED_SCORE = 0.3
