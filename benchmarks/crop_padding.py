@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import sys
 import time
@@ -41,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
 from clients.capture import Capture, CaptureConfig  # noqa: E402
 from clients.privacy_filter import PrivacyFilter, PrivacyPolicy  # noqa: E402
@@ -169,27 +169,14 @@ def run_benchmark(
 
 def write_reports(results: list[PaddingResult], out_dir: Path, header: str) -> tuple[Path, Path]:
     """Write ``crop_padding.csv`` and ``crop_padding.md``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r.row() for r in results]
-    csv_path = out_dir / "crop_padding.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "# Crop padding: the people the teacher finds again in a crops case",
-        "",
+    return write_table(
+        [r.row() for r in results],
+        COLUMNS,
+        out_dir,
+        "crop_padding",
+        "Crop padding: the people the teacher finds again in a crops case",
         header,
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
-    ]
-    for row in rows:
-        cells = [str(row[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    md_path = out_dir / "crop_padding.md"
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return csv_path, md_path
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

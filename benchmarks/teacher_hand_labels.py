@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import sys
@@ -43,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
 from fedge.core.records import Detection  # noqa: E402
 from server.cloud.fusion import match_boxes  # noqa: E402
@@ -175,25 +175,14 @@ def run_benchmark(
 
 def write_reports(results: list[FinderResult], out_dir: Path, header: str) -> tuple[Path, Path]:
     """Write ``teacher_hand_labels.csv`` and ``.md``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r.row() for r in results]
-    csv_path = out_dir / "teacher_hand_labels.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "# The node and the teacher against hand labels",
-        "",
+    return write_table(
+        [r.row() for r in results],
+        COLUMNS,
+        out_dir,
+        "teacher_hand_labels",
+        "The node and the teacher against hand labels",
         header,
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
-    ]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
-    md_path = out_dir / "teacher_hand_labels.md"
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return csv_path, md_path
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
