@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -18,12 +19,18 @@ def model_dir() -> Path:
 
     They go to the default cache (``$FEDGE_MODEL_DIR`` or ``~/.cache/fedge/models``);
     the mediapipe wheel they come from is downloaded from PyPI only on the first run
-    and kept in ``~/.cache/fedge/wheels``.
+    and kept in ``~/.cache/fedge/wheels``. A lock file beside the cache makes parallel
+    test workers (``scripts/test.sh`` runs two) fetch one after another.
     """
     from models.pretrained import fetch_models, resolve_model_dir
 
-    fetch_models()
-    return resolve_model_dir(None)
+    model_dir = resolve_model_dir(None)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's workers each run this once: the first fetches, the others wait
+    with (model_dir.parent / f".{model_dir.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fetch_models()
+    return model_dir
 
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -42,3 +49,14 @@ def local_federation(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
         federation.close()
         assert federation.superlink_pids() == [], "managed SuperLink still running"
         assert federation.leftover_pids() == [], "processes of the federation still running"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files that hold slow tests first, each file's tests in their own order.
+
+    ``scripts/test.sh`` hands whole files to two workers in this order, so the long files
+    start early and the quick ones fill the gaps beside them instead of leaving one
+    worker alone on a long file at the end.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: False (slow) first
