@@ -26,7 +26,7 @@ SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
 SITES = 2
 ROUNDS = 2
 MIN_LABELLED = 3  # the script's default --min-labelled
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1200  # a hang guard: about 320 s alone, 510 s beside another test file (2 cores)
 LAST_LABEL = f"person-detector-v{ROUNDS}"  # clients.model_installer.version_label
 
 
