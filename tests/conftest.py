@@ -54,9 +54,9 @@ def local_federation(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the files that hold slow tests first, each file's tests in their own order.
 
-    ``scripts/test.sh`` hands whole files to two workers in this order, so the long files
-    start early and the quick ones fill the gaps beside them instead of leaving one
-    worker alone on a long file at the end.
+    ``scripts/test.sh`` hands whole files to two workers, mostly in this order, so the
+    long files tend to start early and the quick ones fill the gaps beside them (xdist's
+    scheduling does not promise the order).
     """
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: False (slow) first
