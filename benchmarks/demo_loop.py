@@ -68,6 +68,10 @@ COLUMNS = (
     "teacher_persons",
     "hard_case_rate",
     "upload_share",
+    "held_back_look_alike",
+    "held_back_rate_limit",
+    "in_band_boxes",
+    "expected_wrong_boxes",
     "bytes_up",
     "bytes_every_frame",
     "model_bytes",
@@ -84,6 +88,10 @@ def _own_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
 def round_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-round table's rows from the demo's ``rounds.jsonl`` lines."""
     return [
@@ -95,6 +103,10 @@ def round_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "teacher_persons": r["persons_per_frame"]["teacher"],
             "hard_case_rate": r["hard_case_rate"],
             "upload_share": r["upload_share"],
+            "held_back_look_alike": (r.get("held_back") or {}).get("duplicate", ""),
+            "held_back_rate_limit": (r.get("held_back") or {}).get("rate_limited", ""),
+            "in_band_boxes": _blank(r.get("uncertain_boxes_per_frame")),
+            "expected_wrong_boxes": _blank(r.get("expected_box_errors_per_frame")),
             "bytes_up": sum(r["bytes_up"].values()),
             "bytes_every_frame": sum(r["bytes_all_frames"].values()),
             "model_bytes": r["model_bytes"],

@@ -120,6 +120,14 @@ class ScoreCalibration:
         """Whether a box scoring ``score`` lies in the uncertainty band."""
         return self.uncertain_low <= score < self.uncertain_high
 
+    def error_probability(self, score: float) -> float:
+        """How likely the node's decision on a box scoring ``score`` is wrong: ``1 -
+        precision`` for a box it keeps (at or above the operating score: a false person),
+        the precision for one it drops (below it: a missed person). The band is where this
+        is ``error_floor`` or more."""
+        precision = self.precision_at(score)
+        return 1.0 - precision if score >= self.operating_score else precision
+
     def to_json(self) -> dict[str, Any]:
         """The calibration as a JSON object (the manifest's ``calibration``)."""
         return {

@@ -120,6 +120,20 @@ def test_calibration_known_answer() -> None:
     assert (calibration.references, calibration.frames, calibration.nodes) == (70, 10, 2)
 
 
+def test_the_error_probability_is_a_miss_below_the_operating_score_and_a_false_box_above() -> None:
+    calibration = calibrate_scores(KNOWN_TP, KNOWN_FP, references=70, frames=10, nodes=2)
+    assert calibration is not None and calibration.operating_score == pytest.approx(0.5)
+    # b6 (4/10) and b7 (3/10) pool to 7/20: a dropped box there is a person 35% of the time
+    assert calibration.error_probability(0.31) == pytest.approx(0.35)
+    assert calibration.error_probability(0.12) == pytest.approx(0.0)  # b2: never a person
+    assert calibration.error_probability(0.52) == pytest.approx(0.1)  # kept, 90% precise
+    assert calibration.error_probability(0.85) == pytest.approx(0.0)  # b16: all persons
+    # the band is where the error probability reaches the floor
+    for score in np.arange(0.0, 1.0, 0.05) + 0.01:
+        at_risk = calibration.error_probability(score) >= calibration.error_floor
+        assert at_risk == calibration.uncertain(score), score
+
+
 def test_the_operating_score_is_capped_and_the_band_follows_it() -> None:
     calibration = calibrate_scores(KNOWN_TP, KNOWN_FP, references=70, frames=10, max_operating=0.4)
     assert calibration is not None

@@ -22,9 +22,12 @@ import cv2
 import pytest
 from ports import processes_mentioning, start_as_background_job
 
+from export.score_calibration import calibrate_scores
+from fedge.core.records import Detection, FrameResult
 from fedge.demo.plan import plan_sites
 from fedge.demo.report import PLOTS
 from fedge.demo.runner import ROUND_KEYS
+from fedge.demo.site_agent import StageReport, tally_results
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "samples" / "vtest_clip.mp4"
@@ -114,6 +117,53 @@ def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) 
     assert not out.exists()
 
 
+# --- what a stage's frames add up to -------------------------------------------------------
+
+
+def _person(score: float) -> Detection:
+    return Detection((10.0, 10.0, 50.0, 120.0), "person", score)
+
+
+def test_a_stage_counts_hard_frames_what_held_them_back_and_how_unsure_the_boxes_were() -> None:
+    # Prepare: a calibration operating from 0.5 with the band [0.3, 0.5) (as in
+    # test_calibrated_uncertainty: bins 0.30-0.40 pooled to 35% precise, 0.50-0.55 90%)
+    tp, fp = [0] * 20, [0] * 20
+    for k, (t, f) in {2: (0, 40), 6: (4, 6), 7: (3, 7), 10: (18, 2), 16: (30, 0)}.items():
+        tp[k], fp[k] = t, f
+    calibration = calibrate_scores(tp, fp, references=70, frames=10)
+    assert calibration is not None and calibration.operating_score == 0.5
+    face = Detection((20.0, 20.0, 30.0, 30.0), "face", 0.4)  # not a person box: not counted
+    results = [
+        FrameResult(0, 0.0, "s", detections=[_person(0.31), _person(0.85), face], hard=True,
+                    hard_reasons=["uncertain_score"], model_version="v3"),
+        FrameResult(1, 0.1, "s", detections=[_person(0.32), _person(0.52)],
+                    hard_reasons=["uncertain_score", "suppressed:rate_limited"]),
+        FrameResult(2, 0.2, "s", detections=[_person(0.36)],
+                    hard_reasons=["uncertain_score", "suppressed:duplicate"]),
+        FrameResult(3, 0.3, "s", detections=[_person(0.9)]),
+    ]  # fmt: skip
+    report = StageReport(frames=4, calibrated=True)
+
+    # Execute
+    tally_results(report, results, calibration.operating_score, calibration)
+
+    # Assert: 3 hard frames, 1 flagged, 1 held back by each suppression
+    assert (report.hard_frames, report.flagged) == (3, 1)
+    assert report.held_back == {"rate_limited": 1, "duplicate": 1}
+    assert report.reasons == {"uncertain_score": 3}
+    assert report.boxes == 3  # 0.85, 0.52, 0.9 from the operating score on
+    assert report.uncertain_boxes == 3  # 0.31, 0.32, 0.36 in [0.3, 0.5)
+    # dropped boxes at 0.31, 0.32, 0.36: persons 35% of the time each; kept 0.52: 10% false
+    assert report.expected_box_errors == pytest.approx(3 * 0.35 + 0.1)
+    assert report.model_version == "v3"
+
+
+def test_a_stage_without_a_calibration_counts_no_box_uncertainty() -> None:
+    report = StageReport(frames=1)
+    tally_results(report, [FrameResult(0, 0.0, "s", detections=[_person(0.4)])], 0.5, None)
+    assert (report.uncertain_boxes, report.expected_box_errors, report.boxes) == (0, 0.0, 0)
+
+
 # --- the loop on real processes -----------------------------------------------------------
 
 
@@ -142,6 +192,18 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
         assert set(line["map50"]) == {"site-0", "site-1"}
         assert all(math.isfinite(v) for v in line["persons_per_frame"]["per_site"].values())
         assert line["frames"] == 2 * (10 if line["round"] == 0 else 7)  # the plan's stretches
+        # every hard frame was either held back (by one suppression) or flagged, and only
+        # flagged frames were sent
+        held = line["held_back"]
+        assert set(held) == {"duplicate", "rate_limited"} and min(held.values()) >= 0
+        hard = round(line["hard_case_rate"] * line["frames"])
+        assert sum(held.values()) + round(line["upload_share"] * line["frames"]) <= hard
+        for key in ("uncertain_boxes_per_frame", "expected_box_errors_per_frame"):
+            value = line[key]
+            if line["round"] == 0:
+                assert value is None, (key, value)  # cold start: no detector, no calibration
+            else:
+                assert value is None or (math.isfinite(value) and value >= 0), (key, value)
     assert lines[0]["model_version"].startswith("none")
     assert [line["model_version"] for line in lines[1:]] == [
         "person-detector-v1",

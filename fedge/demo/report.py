@@ -112,6 +112,42 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _per_frame(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _selection_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Why frames were hard, held back or uploaded, and how unsure the model running was."""
+    lines = [
+        "### Hard cases, held back and uploaded",
+        "",
+        "A frame is a hard case when any box on it is uncertain (for a calibrated version: "
+        "a person box in its uncertainty band, where its own calibration says the node's "
+        "decision is wrong with probability 0.3 or more), or pose and boxes disagree; round 0 "
+        "(no detector yet) sends a cold-start sample instead. A hard frame is then held back "
+        "when it looks like a recent hard case or when the rate limit is spent. *In-band "
+        "boxes* and *expected wrong boxes* are per processed frame, for the version running "
+        "(— in cold start): the second sums, over a frame's person boxes, the chance its "
+        "calibration gives that the node's keep-or-drop decision on the box is wrong (people "
+        "with no box at all are not counted).",
+        "",
+        "| round | frames | hard | held back: look-alike | held back: rate limit | uploaded "
+        "| in-band boxes | expected wrong boxes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        held = r.get("held_back") or {}
+        frames = r["frames"]
+        lines.append(
+            f"| {r['round']} | {frames} | {round(r['hard_case_rate'] * frames)} | "
+            f"{held.get('duplicate', 0)} | {held.get('rate_limited', 0)} | "
+            f"{round(r['upload_share'] * frames)} | "
+            f"{_per_frame(r.get('uncertain_boxes_per_frame'))} | "
+            f"{_per_frame(r.get('expected_box_errors_per_frame'))} |"
+        )
+    return lines
+
+
 def _markdown(result: DemoResult, options: DemoOptions) -> str:
     rounds = result.rounds
     first, last = rounds[1] if len(rounds) > 1 else rounds[0], rounds[-1]
@@ -145,6 +181,7 @@ def _markdown(result: DemoResult, options: DemoOptions) -> str:
             f"{sum(r['bytes_up'].values()):,} | {r['model_bytes']:,} | {r['edge_fps']:.1f} | "
             f"{r['edge_latency_ms']:.0f} |"
         )
+    lines += ["", *_selection_table(rounds)]
     sent = sum(sum(r["bytes_up"].values()) for r in rounds)
     every = sum(sum(r["bytes_all_frames"].values()) for r in rounds)
     lines += [

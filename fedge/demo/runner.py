@@ -273,6 +273,8 @@ def _round_line(
         "frames": frames,
         "labelled": sum(r.labelled for r in reports),
         "reasons": _sum_reasons(reports),
+        "held_back": _sum_held_back(reports),
+        **_box_uncertainty(reports),
         "seconds": seconds,
     }
     if flower is not None:
@@ -292,6 +294,30 @@ def _sum_reasons(reports: list[StageReport]) -> dict[str, int]:
         for reason, count in report.reasons.items():
             total[reason] = total.get(reason, 0) + count
     return total
+
+
+def _sum_held_back(reports: list[StageReport]) -> dict[str, int]:
+    """Hard frames held back, by why (``duplicate``: a look-alike of a recent hard case;
+    ``rate_limited``: the hard-case rate limit was spent), over the sites."""
+    total = {"duplicate": 0, "rate_limited": 0}
+    for report in reports:
+        for kind, count in report.held_back.items():
+            total[kind] = total.get(kind, 0) + count
+    return total
+
+
+def _box_uncertainty(reports: list[StageReport]) -> dict[str, float | None]:
+    """Per processed frame, over the sites running a calibrated version: person boxes in
+    its uncertainty band, and box decisions its own calibration expects to be wrong
+    (``None`` when no site ran one: cold start or an uncalibrated version)."""
+    calibrated = [r for r in reports if r.calibrated]
+    frames = sum(r.frames for r in calibrated)
+    if not calibrated or not frames:
+        return {"uncertain_boxes_per_frame": None, "expected_box_errors_per_frame": None}
+    return {
+        "uncertain_boxes_per_frame": sum(r.uncertain_boxes for r in calibrated) / frames,
+        "expected_box_errors_per_frame": sum(r.expected_box_errors for r in calibrated) / frames,
+    }
 
 
 def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResult:

@@ -32,11 +32,12 @@ from clients.pose.top_down import TopDownPoseEstimator
 from clients.privacy_filter import PrivacyFilter
 from clients.uploader import Uploader, UploaderConfig
 from data.frame_store import FrameStore
+from export.score_calibration import ScoreCalibration
 from fedge.core.errors import FedgeError
 from fedge.core.records import FrameResult
 from fedge.demo.staged_source import StagedFrame, StagedSource
 
-__all__ = ["SiteAgent", "StageReport"]
+__all__ = ["SiteAgent", "StageReport", "tally_results"]
 
 STORE_BUDGET_BYTES = 512 * 1024**2
 
@@ -48,16 +49,52 @@ class StageReport:
     frames: int = 0
     hard_frames: int = 0  # frames with a hard-case reason (before dedup and rate limit)
     flagged: int = 0  # frames flagged for upload (after them)
+    held_back: dict[str, int] = field(default_factory=dict)  # hard frames by suppression
     sent: int = 0  # cases the cloud answered
     labelled: int = 0
     bytes_up: int = 0
     persons: int = 0  # posed persons over the stretch
     boxes: int = 0  # person boxes from the version's operating score over the stretch
+    # with a calibrated version: person boxes in its uncertainty band, and the number of
+    # its box decisions its calibration expects to be wrong, over the stretch
+    calibrated: bool = False
+    uncertain_boxes: int = 0
+    expected_box_errors: float = 0.0
     fps: float = 0.0
     latency_ms: float = 0.0
     model_version: str = ""
     reasons: dict[str, int] = field(default_factory=dict)
     drained: bool = True
+
+
+def tally_results(
+    report: StageReport,
+    results: Sequence[FrameResult],
+    min_box_score: float,
+    calibration: ScoreCalibration | None,
+) -> None:
+    """Add what ``results`` say to ``report``: hard frames by reason and held back by
+    suppression, flagged frames, posed persons, person boxes from ``min_box_score`` on, and
+    with a ``calibration`` the person boxes in its band and its expected wrong decisions."""
+    for result in results:
+        reasons = [r for r in result.hard_reasons if not r.startswith("suppressed:")]
+        report.hard_frames += bool(reasons)
+        report.flagged += bool(result.hard)
+        for reason in reasons:
+            report.reasons[reason] = report.reasons.get(reason, 0) + 1
+        for held in result.hard_reasons:
+            if held.startswith("suppressed:"):
+                kind = held.removeprefix("suppressed:")
+                report.held_back[kind] = report.held_back.get(kind, 0) + 1
+        report.persons += len(result.persons)
+        people = [d for d in result.detections if d.label == "person"]
+        report.boxes += sum(1 for d in people if d.score >= min_box_score)
+        report.model_version = result.model_version or report.model_version
+        if calibration is not None:
+            report.uncertain_boxes += sum(1 for d in people if calibration.uncertain(d.score))
+            report.expected_box_errors += sum(
+                calibration.error_probability(d.score) for d in people
+            )
 
 
 class SiteAgent:
@@ -164,6 +201,7 @@ class SiteAgent:
         """Process ``frames``, then wait for the cloud's labels of their hard cases."""
         active = self.follower.active
         min_box_score = 0.5 if active is None else active.operating_score
+        calibration = None if active is None else active.calibration
         before = _uplink_counts(self.uploader)
         with self._lock:
             first = len(self._results)
@@ -190,18 +228,9 @@ class SiteAgent:
             labelled=after[1] - before[1],
             bytes_up=after[2] - before[2],
             drained=drained,
+            calibrated=calibration is not None,
         )
-        for _, result in done:
-            reasons = [r for r in result.hard_reasons if not r.startswith("suppressed:")]
-            report.hard_frames += bool(reasons)
-            report.flagged += bool(result.hard)
-            for reason in reasons:
-                report.reasons[reason] = report.reasons.get(reason, 0) + 1
-            report.persons += len(result.persons)
-            report.boxes += sum(
-                1 for d in result.detections if d.label == "person" and d.score >= min_box_score
-            )
-            report.model_version = result.model_version or report.model_version
+        tally_results(report, [result for _, result in done], min_box_score, calibration)
         times = [t for t, _ in done]
         if len(times) >= 2 and times[-1] > times[0]:
             report.fps = (len(times) - 1) / (times[-1] - times[0])
