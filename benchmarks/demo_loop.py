@@ -68,6 +68,7 @@ COLUMNS = (
     "teacher_persons",
     "hard_case_rate",
     "upload_share",
+    "already_asked",
     "held_back_look_alike",
     "held_back_rate_limit",
     "in_band_boxes",
@@ -103,6 +104,7 @@ def round_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "teacher_persons": r["persons_per_frame"]["teacher"],
             "hard_case_rate": r["hard_case_rate"],
             "upload_share": r["upload_share"],
+            "already_asked": r.get("already_asked", ""),
             "held_back_look_alike": (r.get("held_back") or {}).get("duplicate", ""),
             "held_back_rate_limit": (r.get("held_back") or {}).get("rate_limited", ""),
             "in_band_boxes": _blank(r.get("uncertain_boxes_per_frame")),
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-start-share", type=float, default=0.2)
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
+    parser.add_argument("--track-iou", type=float, default=0.3, help="0: no tracking")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -356,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_start=args.warm_start,
         schedule=args.schedule,
         cold_start_share=args.cold_start_share,
+        track_iou=args.track_iou,
         app_dir=REPO,
     )
     jiffies, cpu0, began = _busy_jiffies(), _own_cpu(), time.perf_counter()
@@ -384,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
         f"{args.local_epochs} local epochs, lr decay {args.lr_decay:g}"
         f"{', warm start' if args.warm_start else ''}, "
-        f"train-schedule {args.schedule}; run "
+        f"train-schedule {args.schedule}, "
+        + (f"tracking IoU {args.track_iou:g}" if args.track_iou else "no tracking")
+        + "; run "
         f"{time.strftime('%Y-%m-%d %H:%M')}: the demo itself (what `fedge demo` runs) "
         f"took {result.seconds / 60:.1f} min, {seconds / 60:.1f} min with this "
         "benchmark's fusion and label scoring"

@@ -19,6 +19,14 @@ A frame qualifies when the node's own models are unsure of it:
   train the first model. Once a detector is installed the node selects by uncertainty
   alone.
 
+With ``policy.track_min_iou > 0`` the selector tracks the boxes from frame to frame
+(``clients.tracking.IouTracker``) and asks the cloud once per uncertain object, not once
+per frame: every tracked object on a frame that goes to the cloud is marked ``asked``
+(the case carries every box, and in ``crops`` mode a crop of every person), and an
+uncertain box of an asked object no longer makes a frame hard (counted in
+``SelectorStats.already_asked`` when it is the frame's only reason). A frame that was
+held back marks nothing, so its objects stay to be asked.
+
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
 rate limit (a token bucket) is spent, so a static scene cannot flood the uplink. Both
@@ -40,6 +48,7 @@ from typing import Literal
 
 import numpy as np
 
+from clients.tracking import IouTracker, Track
 from fedge.core.geometry import box_area, intersection_area, iou_matrix
 from fedge.core.records import Detection, Person
 
@@ -141,6 +150,8 @@ class HardCasePolicy:
     dedup_window_s: float = 300.0
     dedup_recent: int = 32
     cold_start_per_minute: float = 2.0
+    track_min_iou: float = 0.0  # > 0: ask once per tracked object (module docstring)
+    track_max_age: int = 3  # frames a track outlives its last box
 
 
 @dataclass(frozen=True)
@@ -193,17 +204,26 @@ def find_hard_reasons(
     policy: HardCasePolicy,
     detector_labels: Collection[str] | None = None,
     bands: Mapping[str, ScoreBand] | None = None,
+    asked: Sequence[bool] | None = None,
 ) -> tuple[str, ...]:
     """Return why a frame is hard (empty when it is not), before any suppression.
 
     ``detector_labels`` are the labels the detector can emit; disagreement checks for
     other labels are skipped (``None``: only labels present in ``detections``). ``bands``
     are calibrated uncertainty bands by label (other labels: the policy's band).
+    ``asked`` says, per detection, whether the cloud was already asked about its object:
+    such a box is not an uncertain score (``None``: none was).
     """
     reasons: list[str] = []
     default = ScoreBand(policy.uncertain_low, policy.uncertain_high)
     own = bands or {}
-    if any(own.get(d.label, default).contains(d.score) for d in detections):
+    if asked is not None and len(asked) != len(detections):
+        raise ValueError(f"asked has {len(asked)} entries for {len(detections)} detections")
+    seen = asked if asked is not None else [False] * len(detections)
+    if any(
+        own.get(d.label, default).contains(d.score) and not was_asked
+        for d, was_asked in zip(detections, seen, strict=True)
+    ):
         reasons.append(Reason.UNCERTAIN_SCORE)
     if _pose_and_boxes_disagree(persons, detections, policy, detector_labels):
         reasons.append(Reason.POSE_SSD_DISAGREE)
@@ -309,6 +329,7 @@ class SelectorStats:
     hard: int = 0
     duplicates: int = 0
     rate_limited: int = 0
+    already_asked: int = 0  # frames hard only by boxes of objects already asked about
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -340,6 +361,11 @@ class HardCaseSelector:
         self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
         self._cold_bucket = TokenBucket(self.policy.cold_start_per_minute / 60.0, 1.0)
         self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
+        self._tracker = (
+            IouTracker(self.policy.track_min_iou, self.policy.track_max_age)
+            if self.policy.track_min_iou > 0
+            else None
+        )
 
     @property
     def bands(self) -> dict[str, ScoreBand]:
@@ -374,14 +400,23 @@ class HardCaseSelector:
         sample's budget goes to frames with something to label.
         """
         self.stats.frames += 1
+        bands = self._bands
+        tracks = self._tracker.update(detections) if self._tracker is not None else None
+        asked = None if tracks is None else [t.asked for t in tracks]
         reasons = find_hard_reasons(
-            persons, detections, self.policy, self.detector_labels, self._bands
+            persons, detections, self.policy, self.detector_labels, bands, asked
         )
+        if asked is not None and any(asked) and not reasons:
+            if find_hard_reasons(persons, detections, self.policy, self.detector_labels, bands):
+                self.stats.already_asked += 1
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
                 return HardCaseDecision()
-            return self._cold_start_sample(image, frame_time)
+            decision = self._cold_start_sample(image, frame_time)
+            if decision.hard:
+                _mark_asked(tracks)
+            return decision
         if not reasons:
             return HardCaseDecision()
         for reason in reasons:
@@ -395,6 +430,7 @@ class HardCaseSelector:
             return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
+        _mark_asked(tracks)
         return HardCaseDecision(reasons)
 
     def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
@@ -421,6 +457,12 @@ class HardCaseSelector:
             seen >= horizon and (fingerprint ^ other).bit_count() <= self.policy.dedup_max_distance
             for seen, other in self._recent
         )
+
+
+def _mark_asked(tracks: Sequence[Track] | None) -> None:
+    """The frame goes to the cloud: every object on it has been asked about."""
+    for track in tracks or ():
+        track.asked = True
 
 
 class HardCaseFeed:

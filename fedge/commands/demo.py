@@ -128,6 +128,14 @@ def register(subparsers: Any) -> None:
         help="... 'like' = dHash within BITS bits (0: only a repeated frame; people walking "
         "across a still camera's view barely change a whole-frame hash)",
     )
+    policy.add_argument(
+        "--track-iou",
+        type=float,
+        default=0.3,
+        metavar="IOU",
+        help="track boxes across frames (greedy IoU from IOU) and ask the cloud once per "
+        "uncertain object, not on every frame it appears in (0.3; 0: off)",
+    )
     parser.add_argument(
         "--max-persons",
         type=int,
@@ -186,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         cold_start_per_minute=args.cold_start_per_minute,
         dedup_window_s=args.dedup_window,
         dedup_distance=args.dedup_distance,
+        track_iou=args.track_iou,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,
         seed=args.seed,

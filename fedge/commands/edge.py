@@ -117,6 +117,14 @@ def register(subparsers: Any) -> None:
         "for the cloud to label (default: 2; 0: off)",
     )
     parser.add_argument(
+        "--track-iou",
+        type=float,
+        default=0.3,
+        metavar="IOU",
+        help="track boxes from frame to frame (greedy IoU from IOU) and ask the cloud once "
+        "per uncertain object, not on every frame it appears in (default: 0.3; 0: off)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
     parser.add_argument(
@@ -454,8 +462,12 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
     the ``--max-persons`` best person boxes are expected to carry a pose."""
     from clients.hard_cases import HardCasePolicy
 
+    if not 0.0 <= args.track_iou <= 1.0:
+        raise ConfigError(f"--track-iou must lie in [0, 1], got {args.track_iou}")
     policy = HardCasePolicy(
-        max_per_minute=args.hard_per_minute, cold_start_per_minute=args.cold_start_per_minute
+        max_per_minute=args.hard_per_minute,
+        cold_start_per_minute=args.cold_start_per_minute,
+        track_min_iou=args.track_iou,
     )
     if not _top_down(args):
         return policy

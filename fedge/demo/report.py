@@ -124,22 +124,26 @@ def _selection_table(rounds: list[dict[str, Any]]) -> list[str]:
         "A frame is a hard case when any box on it is uncertain (for a calibrated version: "
         "a person box in its uncertainty band, where its own calibration says the node's "
         "decision is wrong with probability 0.3 or more), or pose and boxes disagree; round 0 "
-        "(no detector yet) sends a cold-start sample instead. A hard frame is then held back "
+        "(no detector yet) sends a cold-start sample instead. With tracking (`--track-iou`) "
+        "an uncertain box of an object the cloud has already been shown (on a frame sent "
+        "before) is no reason: *already asked* counts the frames that only such boxes would "
+        "have made hard. A hard frame is then held back "
         "when it looks like a recent hard case or when the rate limit is spent. *In-band "
         "boxes* and *expected wrong boxes* are per processed frame, for the version running "
         "(— in cold start): the second sums, over a frame's person boxes, the chance its "
         "calibration gives that the node's keep-or-drop decision on the box is wrong (people "
         "with no box at all are not counted).",
         "",
-        "| round | frames | hard | held back: look-alike | held back: rate limit | uploaded "
-        "| in-band boxes | expected wrong boxes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | frames | already asked | hard | held back: look-alike "
+        "| held back: rate limit | uploaded | in-band boxes | expected wrong boxes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         held = r.get("held_back") or {}
         frames = r["frames"]
         lines.append(
-            f"| {r['round']} | {frames} | {round(r['hard_case_rate'] * frames)} | "
+            f"| {r['round']} | {frames} | {r.get('already_asked', 0)} | "
+            f"{round(r['hard_case_rate'] * frames)} | "
             f"{held.get('duplicate', 0)} | {held.get('rate_limited', 0)} | "
             f"{round(r['upload_share'] * frames)} | "
             f"{_per_frame(r.get('uncertain_boxes_per_frame'))} | "

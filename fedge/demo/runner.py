@@ -99,6 +99,7 @@ class DemoOptions:
     cold_start_per_minute: float = 600.0
     dedup_window_s: float = 300.0
     dedup_distance: int = 0
+    track_iou: float = 0.3
     max_persons: int = 4
     seed: int = 0
     model_dir: str | None = None
@@ -139,6 +140,7 @@ def _policy(options: DemoOptions) -> HardCasePolicy:
         cold_start_per_minute=options.cold_start_per_minute,
         dedup_window_s=options.dedup_window_s,
         dedup_max_distance=options.dedup_distance,
+        track_min_iou=options.track_iou,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -165,6 +167,8 @@ def check_options(options: DemoOptions) -> None:
         raise ConfigError(f"--lr-decay must lie in (0, 1], got {options.lr_decay}")
     if options.dedup_distance < 0:
         raise ConfigError(f"--dedup-distance must be 0 or more, got {options.dedup_distance}")
+    if not 0.0 <= options.track_iou <= 1.0:
+        raise ConfigError(f"--track-iou must lie in [0, 1], got {options.track_iou}")
     for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
@@ -274,6 +278,7 @@ def _round_line(
         "labelled": sum(r.labelled for r in reports),
         "reasons": _sum_reasons(reports),
         "held_back": _sum_held_back(reports),
+        "already_asked": sum(r.already_asked for r in reports),
         **_box_uncertainty(reports),
         "seconds": seconds,
     }

@@ -50,6 +50,7 @@ class StageReport:
     hard_frames: int = 0  # frames with a hard-case reason (before dedup and rate limit)
     flagged: int = 0  # frames flagged for upload (after them)
     held_back: dict[str, int] = field(default_factory=dict)  # hard frames by suppression
+    already_asked: int = 0  # frames not hard only because the cloud saw their objects
     sent: int = 0  # cases the cloud answered
     labelled: int = 0
     bytes_up: int = 0
@@ -203,6 +204,7 @@ class SiteAgent:
         min_box_score = 0.5 if active is None else active.operating_score
         calibration = None if active is None else active.calibration
         before = _uplink_counts(self.uploader)
+        asked_before = self.selector.stats.already_asked
         with self._lock:
             first = len(self._results)
         self.source.release(frames)
@@ -229,6 +231,7 @@ class SiteAgent:
             bytes_up=after[2] - before[2],
             drained=drained,
             calibrated=calibration is not None,
+            already_asked=self.selector.stats.already_asked - asked_before,
         )
         tally_results(report, [result for _, result in done], min_box_score, calibration)
         times = [t for t, _ in done]

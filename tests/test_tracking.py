@@ -1,0 +1,140 @@
+"""Greedy IoU tracking, and hard-case selection that asks the cloud once per object."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from fake_clock import FakeClock
+
+from clients.hard_cases import HardCasePolicy, HardCaseSelector, Reason, find_hard_reasons
+from clients.tracking import IouTracker
+from fedge.core.records import Detection
+
+# no pose/box check: these frames have boxes and no pose, and only the scores matter here
+TRACKING = HardCasePolicy(
+    max_per_minute=600, burst=100, track_min_iou=0.3, track_max_age=2, disagreement=()
+)
+
+
+def _det(x: float, score: float = 0.9, label: str = "person", y: float = 100.0) -> Detection:
+    return Detection(box=(x, y, x + 40.0, y + 100.0), label=label, score=score)
+
+
+def _frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)  # distinct images: no dHash look-alikes
+    return [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(count)]
+
+
+# --- the tracker ---------------------------------------------------------------------------
+
+
+def test_a_walking_box_keeps_its_track_and_a_new_box_starts_one() -> None:
+    tracker = IouTracker(min_iou=0.3, max_age=2)
+    first = tracker.update([_det(100), _det(300)])
+    second = tracker.update([_det(304), _det(105), _det(500)])  # both moved 4-5 px; a newcomer
+    assert [t.id for t in second[:2]] == [first[1].id, first[0].id]
+    assert second[2].id not in {first[0].id, first[1].id}
+    assert second[0].box == (304.0, 100.0, 344.0, 200.0)  # the track follows its box
+
+
+def test_each_track_takes_at_most_one_box_the_best_overlapping() -> None:
+    tracker = IouTracker(min_iou=0.3)
+    (track,) = tracker.update([_det(100)])
+    far, near = tracker.update([_det(120), _det(102)])  # IoU 0.5 and 0.9 with the track
+    assert near.id == track.id and far.id != track.id
+
+
+def test_labels_do_not_share_tracks_and_a_lost_track_ends_after_max_age() -> None:
+    tracker = IouTracker(min_iou=0.3, max_age=1)
+    (person,) = tracker.update([_det(100)])
+    (face,) = tracker.update([_det(100, label="face")])  # same place, other label
+    assert face.id != person.id
+    assert [t.id for t in tracker.tracks] == [person.id, face.id]  # person missed 1 frame
+    tracker.update([])
+    assert [t.id for t in tracker.tracks] == [face.id]  # person missed 2 > max_age
+    (again,) = tracker.update([_det(100)])
+    assert again.id not in {person.id, face.id}
+
+
+def test_bad_tracker_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="min_iou"):
+        IouTracker(min_iou=0.0)
+    with pytest.raises(ValueError, match="max_age"):
+        IouTracker(max_age=-1)
+
+
+# --- hard cases, once per object -------------------------------------------------------------
+
+
+def test_an_asked_objects_uncertain_box_is_no_reason() -> None:
+    boxes = [_det(100, 0.45), _det(300, 0.95)]
+    assert find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[False, False]) == (
+        Reason.UNCERTAIN_SCORE,
+    )
+    assert find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[True, False]) == ()
+    with pytest.raises(ValueError, match="asked has 1 entries for 2"):
+        find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[True])
+
+
+def test_an_uncertain_person_walking_through_is_asked_about_once() -> None:
+    # Prepare: a confident person standing, an uncertain one walking right 5 px a frame
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+    frames = _frames(10)
+
+    # Execute
+    hard = [
+        selector.decide(image, [], [_det(300, 0.95), _det(100 + 5 * i, 0.45)]).hard
+        for i, image in enumerate(frames)
+    ]
+
+    # Assert: the first frame goes; the same uncertain person later is no new hard case
+    assert hard == [True] + [False] * 9
+    assert selector.stats.already_asked == 9 and selector.stats.hard == 1
+
+
+def test_without_tracking_every_frame_of_that_person_is_hard() -> None:
+    policy = dataclasses.replace(TRACKING, track_min_iou=0.0)  # off
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    hard = [
+        selector.decide(image, [], [_det(300, 0.95), _det(100 + 5 * i, 0.45)]).hard
+        for i, image in enumerate(_frames(10))
+    ]
+    assert hard == [True] * 10 and selector.stats.already_asked == 0
+
+
+def test_a_newcomer_makes_a_frame_hard_again() -> None:
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+    a, b, c = _frames(3)
+    assert selector.decide(a, [], [_det(100, 0.45)]).hard
+    assert not selector.decide(b, [], [_det(103, 0.45)]).hard
+    # a second uncertain person enters: asked about, with the first one still in view
+    assert selector.decide(c, [], [_det(106, 0.45), _det(400, 0.4)]).hard
+
+
+def test_a_rate_limited_frame_leaves_its_objects_to_be_asked() -> None:
+    # Prepare: one token, spent on another object first
+    clock = FakeClock()
+    policy = dataclasses.replace(TRACKING, max_per_minute=60, burst=1)
+    selector = HardCaseSelector(policy, {"person"}, clock=clock)
+    a, b, c = _frames(3)
+    assert selector.decide(a, [], [_det(400, 0.45)]).hard
+
+    # Execute: a new uncertain person while the bucket is empty, then a second later
+    held = selector.decide(b, [], [_det(400, 0.95), _det(100, 0.45)])
+    clock.advance(1.0)
+    later = selector.decide(c, [], [_det(400, 0.95), _det(102, 0.45)])
+
+    # Assert: held back, so still unasked: asked as soon as the rate limit allows
+    assert held.reasons == (Reason.UNCERTAIN_SCORE,) and held.suppressed == "rate_limited"
+    assert later.hard
+
+
+def test_an_object_that_leaves_and_comes_back_is_asked_about_again() -> None:
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+    frames = _frames(6)
+    assert selector.decide(frames[0], [], [_det(100, 0.45)]).hard
+    for image in frames[1:4]:  # 3 frames with no box: the track (max_age 2) ends
+        assert not selector.decide(image, [], []).hard
+    assert selector.decide(frames[4], [], [_det(100, 0.45)]).hard
