@@ -273,6 +273,10 @@ def _demo() -> str:
     return "\n".join(
         [
             _demo_run("demo_clip", "on the bundled clip, defaults (3 sites, 3 rounds, crops)"),
+            _demo_run(
+                "demo_clip_avx2",
+                "on the bundled clip, defaults with tracking, on a 2-core AMD EPYC (AVX2)",
+            ),
             _demo_run("demo_vtest", "on the whole vtest.avi (3 sites, 10 rounds, crops)"),
         ]
     )
