@@ -487,6 +487,10 @@ def edge_run(
         person_model="student.tflite",
         detector_dir=None,
         max_persons=MAX_PERSONS,
+        # no tracking (fedge edge --track-iou 0): the hard-case share is then the share of
+        # frames holding a box the version is unsure of, a figure of the model; with
+        # tracking it would also depend on which frames went to the cloud before
+        track_iou=0.0,
     )
     policy = _hard_case_policy(args)
     floor = policy.uncertain_low
