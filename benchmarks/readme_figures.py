@@ -278,6 +278,10 @@ def _demo() -> str:
                 "on the bundled clip, defaults with tracking, on a 2-core AMD EPYC (AVX2)",
             ),
             _demo_run("demo_vtest", "on the whole vtest.avi (3 sites, 10 rounds, crops)"),
+            _demo_run(
+                "demo_vtest_avx2",
+                "on the whole vtest.avi with tracking, on a 2-core AMD EPYC (AVX2)",
+            ),
         ]
     )
 
