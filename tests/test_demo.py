@@ -107,6 +107,14 @@ def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_tracking_iou_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _demo("--track-iou", "-0.1", "--out", str(out))
+    assert done.returncode == 2
+    assert "--track-iou must lie in [0, 1], got -0.1" in _one_line_error(done.stderr)
+    assert not out.exists()
+
+
 def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) -> None:
     from fedge.local_federation import free_port
 

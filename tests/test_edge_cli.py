@@ -126,6 +126,12 @@ def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
     assert "--size must look like 640x480" in done.stderr
 
 
+def test_a_tracking_iou_outside_zero_to_one_is_a_config_error() -> None:
+    done = _fedge("--track-iou", "1.5", "--no-store")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "fedge edge: error: --track-iou must lie in [0, 1], got 1.5"
+
+
 def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path, model_dir: Path) -> None:
     jsonl = tmp_path / "r.jsonl"
     proc = subprocess.Popen(
