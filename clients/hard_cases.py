@@ -406,9 +406,8 @@ class HardCaseSelector:
         reasons = find_hard_reasons(
             persons, detections, self.policy, self.detector_labels, bands, asked
         )
-        if asked is not None and any(asked) and not reasons:
-            if find_hard_reasons(persons, detections, self.policy, self.detector_labels, bands):
-                self.stats.already_asked += 1
+        if asked is not None and not reasons and self._any_uncertain(detections, bands):
+            self.stats.already_asked += 1  # only asked objects' boxes were uncertain
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
@@ -432,6 +431,12 @@ class HardCaseSelector:
         self.stats.hard += 1
         _mark_asked(tracks)
         return HardCaseDecision(reasons)
+
+    def _any_uncertain(
+        self, detections: Sequence[Detection], bands: Mapping[str, ScoreBand]
+    ) -> bool:
+        default = ScoreBand(self.policy.uncertain_low, self.policy.uncertain_high)
+        return any(bands.get(d.label, default).contains(d.score) for d in detections)
 
     def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
         """No person detector yet, so its uncertainty is undefined: send a sample of the
