@@ -10,6 +10,8 @@ compressed) and numbers only.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,6 +20,7 @@ from clients.attacks import apply_attack, is_malicious
 from clients.model_updates import INSTALL_MODEL_ACTION, install_model_reply
 from clients.tasks import NodeSetup, Task, get_task
 from fedge.core.errors import ConfigError
+from fedge.core.process_age import process_age_s
 from fedge.core.run_config import RunConfig
 from fedge.core.seeds import round_seed
 from strategies.compression import (
@@ -49,6 +52,15 @@ def _identity(node: NodeSetup) -> dict[str, int]:
     return {} if node.partition_id is None else {"partition-id": node.partition_id}
 
 
+def _timings(startup: float | None, began: float) -> dict[str, float]:
+    """``startup-seconds`` (this ClientApp process's age when the message reached the
+    handler: Flower starts one process per message) and ``handler-seconds``."""
+    out = {"handler-seconds": time.perf_counter() - began}
+    if startup is not None:
+        out["startup-seconds"] = startup
+    return out
+
+
 def _received_weights(msg: Message) -> list[np.ndarray]:
     if "arrays" not in msg.content.array_records:
         raise ConfigError("message carries no ArrayRecord 'arrays' with the global model")
@@ -58,6 +70,7 @@ def _received_weights(msg: Message) -> list[np.ndarray]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on the node's data and reply with new weights."""
+    startup, began = process_age_s(), time.perf_counter()
     cfg, task, node = _node_setup(context)
     global_weights = _received_weights(msg)
     config = msg.content.config_records.get("config", {})
@@ -89,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
             **_identity(node),
             "num-examples": result.num_examples,
             **extra_metrics,
+            **_timings(startup, began),
         }
     )
     content = RecordDict({"arrays": arrays, **extra_arrays, "metrics": metrics})
@@ -124,12 +138,18 @@ def _encode(
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the node's held-out data."""
+    startup, began = process_age_s(), time.perf_counter()
     cfg, task, node = _node_setup(context)
     config = msg.content.config_records.get("config", {})
     result = task.evaluate(
         cfg, node, _received_weights(msg), server_round=int(config.get("server-round", 0))
     )
     metrics = MetricRecord(
-        {**result.metrics, **_identity(node), "num-examples": result.num_examples}
+        {
+            **result.metrics,
+            **_identity(node),
+            "num-examples": result.num_examples,
+            **_timings(startup, began),
+        }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -2,7 +2,9 @@
 
 Keys of each line: ``round``, ``time`` (UNIX seconds), ``seconds`` (round wall time),
 ``central`` ({loss, accuracy} of the global model on the test set), ``train`` and
-``evaluate`` (metrics aggregated by the strategy), ``clients`` (per node:
+``evaluate`` (metrics aggregated by the strategy), ``stage_seconds`` (wall seconds of
+each stage: ``train``, ``evaluate``, ``central``, and for an exported model ``export``
+and ``broadcast``), ``clients`` (per node:
 ``node_id``, ``partition_id``, ``train`` and ``eval`` metrics), ``rejected_nodes``
 (non-finite updates dropped), ``failed_nodes``, ``bytes_sent`` / ``bytes_received``
 (serialized message content, server view), ``raw_bytes_received`` (the same weights
@@ -60,6 +62,7 @@ class MetricsLog:
             "round": report.round,
             "time": time.time(),
             "seconds": report.seconds,
+            "stage_seconds": dict(report.stage_seconds),
             "central": _clean(report.central),
             "train": _clean(report.train),
             "evaluate": _clean(report.evaluate),

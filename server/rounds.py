@@ -94,6 +94,9 @@ class RoundReport:
     aggregated: bool = False
     """Whether the strategy aggregated new weights this round (no successful train reply:
     ``False``, and ``arrays`` are the previous round's)."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each stage of the round: ``train`` (send, train, receive,
+    aggregate), ``evaluate``, ``central``; the ServerApp adds what it does after."""
 
 
 def _sort_key(message: Message) -> tuple[float, int]:
@@ -260,6 +263,13 @@ def seeded_node_sampling(seed: int, server_round: int) -> Iterator[None]:
         random.setstate(state)
 
 
+def _stage_done(report: RoundReport, stage: str, since: float) -> float:
+    """Record ``stage`` as lasting from ``since`` until now; return now."""
+    now = time.perf_counter()
+    report.stage_seconds[stage] = now - since
+    return now
+
+
 def run_rounds(
     strategy: Strategy,
     grid: Grid,
@@ -284,6 +294,7 @@ def run_rounds(
         log.info("round %d/%d", server_round, last_round)
         start = time.perf_counter()
         report = RoundReport(round=server_round, arrays=arrays)
+        stage_start = start
 
         with seeded_node_sampling(sampling_seed, server_round):
             messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
@@ -303,6 +314,7 @@ def run_rounds(
             arrays = chained if chained is not None else new_arrays
             report.aggregated = True
         report.train = dict(train_metrics or {})
+        stage_start = _stage_done(report, "train", stage_start)
 
         with seeded_node_sampling(sampling_seed, -server_round):
             messages = list(
@@ -315,9 +327,11 @@ def run_rounds(
             report.failed_nodes += [r.metadata.src_node_id for r in replies if r.has_error()]
             report.evaluate_clients = _client_reports(replies)
             report.evaluate = dict(strategy.aggregate_evaluate(server_round, replies) or {})
+            stage_start = _stage_done(report, "evaluate", stage_start)
 
         if evaluate_fn is not None:
             report.central = dict(evaluate_fn(server_round, arrays) or {})
+            _stage_done(report, "central", stage_start)
         report.arrays = arrays
         report.seconds = time.perf_counter() - start
         on_round_end(report)

@@ -76,10 +76,16 @@ def main(grid: Grid, context: Context) -> None:
         if report.aggregated:
             # the nodes evaluated these weights this round: their score-bin counts calibrate it
             evaluations = [client.metrics for client in report.evaluate_clients]
+            began = time.perf_counter()
             exported = task.export(
                 cfg, report.round, weights, run_dir / "models", node_evaluations=evaluations
             )
+            if exported:
+                report.stage_seconds["export"] = time.perf_counter() - began
+            began = time.perf_counter()
             delivered = broadcast_exported(grid, run_dir / "models", report.round)  # every node
+            if delivered:
+                report.stage_seconds["broadcast"] = time.perf_counter() - began
         else:  # nothing new to send: an export now would be the last version (or, in round
             # 1, the untrained model) under a new number, swapped in on every device
             log.warning(
