@@ -69,6 +69,7 @@ COLUMNS = (
     "hard_case_rate",
     "upload_share",
     "already_asked",
+    "already_confirmed",
     "held_back_look_alike",
     "held_back_rate_limit",
     "in_band_boxes",
@@ -105,6 +106,7 @@ def round_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "hard_case_rate": r["hard_case_rate"],
             "upload_share": r["upload_share"],
             "already_asked": r.get("already_asked", ""),
+            "already_confirmed": r.get("already_confirmed", ""),
             "held_back_look_alike": (r.get("held_back") or {}).get("duplicate", ""),
             "held_back_rate_limit": (r.get("held_back") or {}).get("rate_limited", ""),
             "in_band_boxes": _blank(r.get("uncertain_boxes_per_frame")),
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
     parser.add_argument("--track-iou", type=float, default=0.3, help="0: no tracking")
+    parser.add_argument("--no-track-confirm", dest="track_confirm", action="store_false")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -360,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule=args.schedule,
         cold_start_share=args.cold_start_share,
         track_iou=args.track_iou,
+        track_confirm=args.track_confirm,
         app_dir=REPO,
     )
     jiffies, cpu0, began = _busy_jiffies(), _own_cpu(), time.perf_counter()
@@ -390,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{', warm start' if args.warm_start else ''}, "
         f"train-schedule {args.schedule}, "
         + (f"tracking IoU {args.track_iou:g}" if args.track_iou else "no tracking")
+        + (
+            ", confirmed objects' dips no hard case"
+            if args.track_iou and args.track_confirm
+            else ""
+        )
         + "; run "
         f"{time.strftime('%Y-%m-%d %H:%M')}: the demo itself (what `fedge demo` runs) "
         f"took {result.seconds / 60:.1f} min, {seconds / 60:.1f} min with this "

@@ -25,7 +25,16 @@ per frame: every tracked object on a frame that goes to the cloud is marked ``as
 (the case carries every box, and in ``crops`` mode a crop of every person), and an
 uncertain box of an asked object no longer makes a frame hard (counted in
 ``SelectorStats.already_asked`` when it is the frame's only reason). A frame that was
-held back marks nothing, so its objects stay to be asked.
+held back marks nothing, so its objects stay to be asked. With ``policy.track_confirm``
+(the default) an object is also known once the detector running now was sure of it: a
+box of its track scored at or above the top of its label's band on this or an earlier
+frame. A person walking through the view scores above the band on most frames and dips
+into it on some (a turn, a partial occlusion); the dips of a person the detector has
+already found are not doubt about whether a person is there, and asking the cloud
+about them would spend the uplink on flicker (counted in
+``SelectorStats.already_confirmed``). A new detector version (``set_band``) starts
+every confirmation afresh: what an earlier version was sure of says nothing about the
+new one; the cloud's answers (``asked``) stay.
 
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
@@ -152,6 +161,7 @@ class HardCasePolicy:
     cold_start_per_minute: float = 2.0
     track_min_iou: float = 0.0  # > 0: ask once per tracked object (module docstring)
     track_max_age: int = 3  # frames a track outlives its last box
+    track_confirm: bool = True  # with tracking: dips of confirmed objects are no reason
 
 
 @dataclass(frozen=True)
@@ -204,25 +214,26 @@ def find_hard_reasons(
     policy: HardCasePolicy,
     detector_labels: Collection[str] | None = None,
     bands: Mapping[str, ScoreBand] | None = None,
-    asked: Sequence[bool] | None = None,
+    known: Sequence[bool] | None = None,
 ) -> tuple[str, ...]:
     """Return why a frame is hard (empty when it is not), before any suppression.
 
     ``detector_labels`` are the labels the detector can emit; disagreement checks for
     other labels are skipped (``None``: only labels present in ``detections``). ``bands``
     are calibrated uncertainty bands by label (other labels: the policy's band).
-    ``asked`` says, per detection, whether the cloud was already asked about its object:
-    such a box is not an uncertain score (``None``: none was).
+    ``known`` says, per detection, whether its object is already known (the cloud was
+    asked about it, or the detector was sure of it on a frame before): such a box is not
+    an uncertain score (``None``: none is).
     """
     reasons: list[str] = []
     default = ScoreBand(policy.uncertain_low, policy.uncertain_high)
     own = bands or {}
-    if asked is not None and len(asked) != len(detections):
-        raise ValueError(f"asked has {len(asked)} entries for {len(detections)} detections")
-    seen = asked if asked is not None else [False] * len(detections)
+    if known is not None and len(known) != len(detections):
+        raise ValueError(f"known has {len(known)} entries for {len(detections)} detections")
+    seen = known if known is not None else [False] * len(detections)
     if any(
-        own.get(d.label, default).contains(d.score) and not was_asked
-        for d, was_asked in zip(detections, seen, strict=True)
+        own.get(d.label, default).contains(d.score) and not is_known
+        for d, is_known in zip(detections, seen, strict=True)
     ):
         reasons.append(Reason.UNCERTAIN_SCORE)
     if _pose_and_boxes_disagree(persons, detections, policy, detector_labels):
@@ -330,6 +341,7 @@ class SelectorStats:
     duplicates: int = 0
     rate_limited: int = 0
     already_asked: int = 0  # frames hard only by boxes of objects already asked about
+    already_confirmed: int = 0  # ... only by dips of objects the detector was sure of
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -366,6 +378,7 @@ class HardCaseSelector:
             if self.policy.track_min_iou > 0
             else None
         )
+        self._generation = 0  # bumped by set_band: confirmations count within one version
 
     @property
     def bands(self) -> dict[str, ScoreBand]:
@@ -382,6 +395,7 @@ class HardCaseSelector:
             else:
                 bands[label] = band
             self._bands = bands  # one reference swap: decide reads either whole mapping
+            self._generation += 1  # a new version: its confirmations start afresh
 
     def decide(
         self,
@@ -400,14 +414,19 @@ class HardCaseSelector:
         sample's budget goes to frames with something to label.
         """
         self.stats.frames += 1
+        generation = self._generation  # read before the bands (set_band: after them)
         bands = self._bands
         tracks = self._tracker.update(detections) if self._tracker is not None else None
-        asked = None if tracks is None else [t.asked for t in tracks]
+        known = None if tracks is None else self._known(detections, tracks, bands, generation)
         reasons = find_hard_reasons(
-            persons, detections, self.policy, self.detector_labels, bands, asked
+            persons, detections, self.policy, self.detector_labels, bands, known
         )
-        if asked is not None and not reasons and self._any_uncertain(detections, bands):
-            self.stats.already_asked += 1  # only asked objects' boxes were uncertain
+        if tracks is not None and not reasons:
+            uncertain = self._uncertain_tracks(detections, tracks, bands)
+            if uncertain and all(t.asked for t in uncertain):
+                self.stats.already_asked += 1  # only asked objects' boxes were uncertain
+            elif uncertain:
+                self.stats.already_confirmed += 1  # ... or dips of confirmed objects
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
@@ -432,11 +451,34 @@ class HardCaseSelector:
         _mark_asked(tracks)
         return HardCaseDecision(reasons)
 
-    def _any_uncertain(
-        self, detections: Sequence[Detection], bands: Mapping[str, ScoreBand]
-    ) -> bool:
+    def _known(
+        self,
+        detections: Sequence[Detection],
+        tracks: Sequence[Track],
+        bands: Mapping[str, ScoreBand],
+        generation: int,
+    ) -> list[bool]:
+        """Per detection, whether its object is known: asked about, or (``track_confirm``)
+        confirmed by a box at or above its band while this version runs."""
+        if self.policy.track_confirm:
+            default = ScoreBand(self.policy.uncertain_low, self.policy.uncertain_high)
+            for detection, track in zip(detections, tracks, strict=True):
+                if detection.score >= bands.get(detection.label, default).high:
+                    track.confirmed_in = generation
+        return [t.asked or t.confirmed_in == generation for t in tracks]
+
+    def _uncertain_tracks(
+        self,
+        detections: Sequence[Detection],
+        tracks: Sequence[Track],
+        bands: Mapping[str, ScoreBand],
+    ) -> list[Track]:
         default = ScoreBand(self.policy.uncertain_low, self.policy.uncertain_high)
-        return any(bands.get(d.label, default).contains(d.score) for d in detections)
+        return [
+            t
+            for d, t in zip(detections, tracks, strict=True)
+            if bands.get(d.label, default).contains(d.score)
+        ]
 
     def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
         """No person detector yet, so its uncertainty is undefined: send a sample of the

@@ -7,7 +7,8 @@ for more than ``max_age`` frames ends. There is no motion model: at camera frame
 walking person moves a fraction of its own width from one frame to the next.
 
 Hard-case selection uses it to ask the cloud once per uncertain object rather than once
-per frame (``clients.hard_cases``: ``HardCasePolicy.track_min_iou``).
+per frame, and to know the objects the detector was already sure of
+(``clients.hard_cases``: ``HardCasePolicy.track_min_iou`` and ``track_confirm``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class Track:
-    """One tracked object: its last box, frames since a box joined it, and whether a hard
-    case showing it has gone to the cloud (``asked``)."""
+    """One tracked object: its last box, frames since a box joined it, whether a hard
+    case showing it has gone to the cloud (``asked``), and which detector generation was
+    sure of it (``confirmed_in``: set by the hard-case selector, ``None``: none was)."""
 
     id: int
     label: str
     box: Box
     missed: int = 0
     asked: bool = False
+    confirmed_in: int | None = None
 
 
 class IouTracker:

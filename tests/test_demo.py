@@ -204,6 +204,7 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
         # flagged frames were sent
         held = line["held_back"]
         assert set(held) == {"duplicate", "rate_limited"} and min(held.values()) >= 0
+        assert line["already_asked"] >= 0 and line["already_confirmed"] >= 0
         hard = round(line["hard_case_rate"] * line["frames"])
         assert sum(held.values()) + round(line["upload_share"] * line["frames"]) <= hard
         for key in ("uncertain_boxes_per_frame", "expected_box_errors_per_frame"):
@@ -221,9 +222,19 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     assert lines[2]["flower"]["installed_on"] == 2
     # the Flower rounds trained the sites in turn (train-schedule auto: cyclic for the
     # detector), the first site of round 2 being the second of round 1
-    flower = (out / "server" / "demo" / "metrics.jsonl").read_text().splitlines()
-    orders = [json.loads(x)["cyclic_order"] for x in flower]
+    flower = [json.loads(x) for x in (out / "server" / "demo" / "metrics.jsonl").open()]
+    orders = [x["cyclic_order"] for x in flower]
     assert len(orders) == 2 and len(set(orders[0])) == 2 and orders[1] == orders[0][::-1]
+    # where each round's time went: every stage, and each real ClientApp process's start
+    for x in flower:
+        stages = x["stage_seconds"]
+        assert {"train", "evaluate", "export", "broadcast"} <= set(stages)
+        assert sum(stages[s] for s in ("train", "evaluate")) <= x["seconds"] + 1e-6
+        replies = [c[stage] for c in x["clients"] for stage in ("train", "eval") if stage in c]
+        assert replies
+        for reply in replies:
+            assert 0.0 < reply["startup-seconds"] < stages["train"] + stages["evaluate"]
+            assert 0.0 < reply["handler-seconds"] < x["seconds"]
     # every hard case that left a site went through the cloud and came back as a label
     assert sum(line["labelled"] for line in lines) > 0
     report = (out / "report.md").read_text()

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from fake_clock import FakeClock
 
-from clients.hard_cases import HardCasePolicy, HardCaseSelector, Reason, find_hard_reasons
+from clients.hard_cases import (
+    HardCasePolicy,
+    HardCaseSelector,
+    Reason,
+    ScoreBand,
+    find_hard_reasons,
+)
 from clients.tracking import IouTracker
 from fedge.core.records import Detection
 
@@ -70,12 +76,12 @@ def test_bad_tracker_settings_are_refused() -> None:
 
 def test_an_asked_objects_uncertain_box_is_no_reason() -> None:
     boxes = [_det(100, 0.45), _det(300, 0.95)]
-    assert find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[False, False]) == (
+    assert find_hard_reasons([], boxes, TRACKING, {"person"}, known=[False, False]) == (
         Reason.UNCERTAIN_SCORE,
     )
-    assert find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[True, False]) == ()
-    with pytest.raises(ValueError, match="asked has 1 entries for 2"):
-        find_hard_reasons([], boxes, TRACKING, {"person"}, asked=[True])
+    assert find_hard_reasons([], boxes, TRACKING, {"person"}, known=[True, False]) == ()
+    with pytest.raises(ValueError, match="known has 1 entries for 2"):
+        find_hard_reasons([], boxes, TRACKING, {"person"}, known=[True])
 
 
 def test_an_uncertain_person_walking_through_is_asked_about_once() -> None:
@@ -138,3 +144,57 @@ def test_an_object_that_leaves_and_comes_back_is_asked_about_again() -> None:
     for image in frames[1:4]:  # 3 frames with no box: the track (max_age 2) ends
         assert not selector.decide(image, [], []).hard
     assert selector.decide(frames[4], [], [_det(100, 0.45)]).hard
+
+
+# --- objects the detector was sure of ------------------------------------------------------
+
+
+def test_the_dips_of_a_person_the_detector_was_sure_of_are_no_hard_case() -> None:
+    # Prepare: a person found at 0.9, then dipping into the band (0.3-0.6) as they walk
+    scores = [0.9, 0.45, 0.5, 0.8, 0.35, 0.55]
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+
+    # Execute
+    hard = [
+        selector.decide(image, [], [_det(100 + 5 * i, score)]).hard
+        for i, (image, score) in enumerate(zip(_frames(6), scores, strict=True))
+    ]
+
+    # Assert: never asked (no frame went), yet no dip made a frame hard
+    assert hard == [False] * 6
+    assert selector.stats.already_confirmed == 4 and selector.stats.already_asked == 0
+
+
+def test_without_confirmation_the_first_dip_is_a_hard_case() -> None:
+    policy = dataclasses.replace(TRACKING, track_confirm=False)
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    a, b = _frames(2)
+    assert not selector.decide(a, [], [_det(100, 0.9)]).hard
+    assert selector.decide(b, [], [_det(105, 0.45)]).hard
+    assert selector.stats.already_confirmed == 0
+
+
+def test_a_confirmed_person_does_not_excuse_an_uncertain_newcomer() -> None:
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+    a, b = _frames(2)
+    assert not selector.decide(a, [], [_det(100, 0.9)]).hard
+    decision = selector.decide(b, [], [_det(104, 0.45), _det(400, 0.45)])
+    assert decision.hard and decision.reasons == (Reason.UNCERTAIN_SCORE,)
+
+
+def test_a_new_version_must_confirm_again_but_the_clouds_answers_stay() -> None:
+    # Prepare: A and B on a frame that went to the cloud; C confirmed on a later frame
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock())
+    a, b, c, d = _frames(4)
+    assert selector.decide(a, [], [_det(100, 0.9), _det(400, 0.45)]).hard  # asks: A, B
+    assert not selector.decide(b, [], [_det(102, 0.9), _det(404, 0.9), _det(600, 0.9)]).hard
+
+    # Execute: a new version is swapped in, with its own band
+    selector.set_band("person", ScoreBand(0.3, 0.5))
+    asked = selector.decide(c, [], [_det(104, 0.45), _det(408, 0.45)])  # C out of sight
+    confirmed_before = selector.decide(d, [], [_det(106, 0.9), _det(412, 0.9), _det(608, 0.45)])
+
+    # Assert: the cloud's answers on A and B hold for any version; C was confirmed by the
+    # old version only, so C's dip is a hard case under the new one
+    assert not asked.hard and selector.stats.already_asked == 1
+    assert confirmed_before.hard and confirmed_before.reasons == (Reason.UNCERTAIN_SCORE,)

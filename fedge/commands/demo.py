@@ -136,6 +136,13 @@ def register(subparsers: Any) -> None:
         help="track boxes across frames (greedy IoU from IOU) and ask the cloud once per "
         "uncertain object, not on every frame it appears in (0.3; 0: off)",
     )
+    policy.add_argument(
+        "--no-track-confirm",
+        dest="track_confirm",
+        action="store_false",
+        help="with tracking, still ask about a tracked person whose score dips into the "
+        "uncertainty band after the detector was sure of them (default: no hard case)",
+    )
     parser.add_argument(
         "--max-persons",
         type=int,
@@ -195,6 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         dedup_window_s=args.dedup_window,
         dedup_distance=args.dedup_distance,
         track_iou=args.track_iou,
+        track_confirm=args.track_confirm,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,
         seed=args.seed,

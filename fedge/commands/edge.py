@@ -125,6 +125,14 @@ def register(subparsers: Any) -> None:
         "per uncertain object, not on every frame it appears in (default: 0.3; 0: off)",
     )
     parser.add_argument(
+        "--no-track-confirm",
+        dest="track_confirm",
+        action="store_false",
+        help="with tracking, still ask about a tracked person whose score dips into the "
+        "uncertainty band after the detector was sure of them (default: such dips are "
+        "no hard case)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
     parser.add_argument(
@@ -468,6 +476,7 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         max_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
         track_min_iou=args.track_iou,
+        track_confirm=args.track_confirm,
     )
     if not _top_down(args):
         return policy

@@ -100,6 +100,7 @@ class DemoOptions:
     dedup_window_s: float = 300.0
     dedup_distance: int = 0
     track_iou: float = 0.3
+    track_confirm: bool = True
     max_persons: int = 4
     seed: int = 0
     model_dir: str | None = None
@@ -141,6 +142,7 @@ def _policy(options: DemoOptions) -> HardCasePolicy:
         dedup_window_s=options.dedup_window_s,
         dedup_max_distance=options.dedup_distance,
         track_min_iou=options.track_iou,
+        track_confirm=options.track_confirm,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -279,6 +281,7 @@ def _round_line(
         "reasons": _sum_reasons(reports),
         "held_back": _sum_held_back(reports),
         "already_asked": sum(r.already_asked for r in reports),
+        "already_confirmed": sum(r.already_confirmed for r in reports),
         **_box_uncertainty(reports),
         "seconds": seconds,
     }

@@ -51,6 +51,7 @@ class StageReport:
     flagged: int = 0  # frames flagged for upload (after them)
     held_back: dict[str, int] = field(default_factory=dict)  # hard frames by suppression
     already_asked: int = 0  # frames not hard only because the cloud saw their objects
+    already_confirmed: int = 0  # ... or the detector was sure of them on a frame before
     sent: int = 0  # cases the cloud answered
     labelled: int = 0
     bytes_up: int = 0
@@ -205,6 +206,7 @@ class SiteAgent:
         calibration = None if active is None else active.calibration
         before = _uplink_counts(self.uploader)
         asked_before = self.selector.stats.already_asked
+        confirmed_before = self.selector.stats.already_confirmed
         with self._lock:
             first = len(self._results)
         self.source.release(frames)
@@ -232,6 +234,7 @@ class SiteAgent:
             drained=drained,
             calibrated=calibration is not None,
             already_asked=self.selector.stats.already_asked - asked_before,
+            already_confirmed=self.selector.stats.already_confirmed - confirmed_before,
         )
         tally_results(report, [result for _, result in done], min_box_score, calibration)
         times = [t for t, _ in done]
