@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "manifests").mkdir(exist_ok=True)
     for manifest in sorted((work / "server" / "demo" / "models").glob("*.json")):
         shutil.copy(manifest, out / "manifests" / manifest.name)
+    # the server's per-round metrics: where each Flower round's time went (stage_seconds,
+    # and each ClientApp's startup-seconds and handler-seconds)
+    shutil.copy(work / "server" / "demo" / "metrics.jsonl", out / "flower_metrics.jsonl")
     header = (
         f"{cpu_model()}, Python {sys.version.split()[0]}; `{args.source.name}`: "
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
