@@ -474,24 +474,28 @@ def edge_run(
     operating score, the selector's person band the version's, boxes kept down to it)."""
     from clients.capture import Capture, CaptureConfig
     from clients.detector import Detector
-    from clients.hard_cases import HardCasePolicy, HardCaseSelector
+    from clients.hard_cases import HardCaseSelector
     from clients.hot_swap import LoadedVersion, apply_version
     from clients.pipeline import Pipeline
     from clients.pose.top_down import TopDownPoseEstimator, load_person_detector
     from data.frame_store import FrameStore
-    from fedge.commands.edge import _detector_labels, _hard_case_policy, default_pose_workers
-
-    args = argparse.Namespace(
-        hard_per_minute=HardCasePolicy().max_per_minute,
-        cold_start_per_minute=HardCasePolicy().cold_start_per_minute,
-        person_model="student.tflite",
-        detector_dir=None,
-        max_persons=MAX_PERSONS,
-        # no tracking (fedge edge --track-iou 0): the hard-case share is then the share of
-        # frames holding a box the version is unsure of, a figure of the model; with
-        # tracking it would also depend on which frames went to the cloud before
-        track_iou=0.0,
+    from fedge.commands.edge import (
+        _detector_labels,
+        _hard_case_policy,
+        default_pose_workers,
+        register,
     )
+
+    # fedge edge's own parser: the flags the policy reads never drift from the command's
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        # no tracking (--track-iou 0): the hard-case share is then the share of frames
+        # holding a box the version is unsure of, a figure of the model; with tracking it
+        # would also depend on which frames went to the cloud before
+        ["edge", "--person-model", "student.tflite", "--max-persons", str(MAX_PERSONS),
+         "--track-iou", "0"]
+    )  # fmt: skip
     policy = _hard_case_policy(args)
     floor = policy.uncertain_low
     if calibration is not None:

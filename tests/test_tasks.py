@@ -115,6 +115,8 @@ def test_the_client_app_trains_fashion_mnist_through_the_registry(tmp_path: Path
         "train-seconds",
         "partition-id",
         "num-examples",
+        "handler-seconds",
+        "startup-seconds",
     ]
     assert metrics["partition-id"] == 3 and metrics["num-examples"] == 64
 
