@@ -163,6 +163,11 @@ class HardCasePolicy:
     track_max_age: int = 3  # frames a track outlives its last box
     track_confirm: bool = True  # with tracking: dips of confirmed objects are no reason
 
+    @property
+    def band(self) -> ScoreBand:
+        """The uncertainty band of a label without a calibrated one."""
+        return ScoreBand(self.uncertain_low, self.uncertain_high)
+
 
 @dataclass(frozen=True)
 class HardCaseDecision:
@@ -226,7 +231,7 @@ def find_hard_reasons(
     an uncertain score (``None``: none is).
     """
     reasons: list[str] = []
-    default = ScoreBand(policy.uncertain_low, policy.uncertain_high)
+    default = policy.band
     own = bands or {}
     if known is not None and len(known) != len(detections):
         raise ValueError(f"known has {len(known)} entries for {len(detections)} detections")
@@ -461,7 +466,7 @@ class HardCaseSelector:
         """Per detection, whether its object is known: asked about, or (``track_confirm``)
         confirmed by a box at or above its band while this version runs."""
         if self.policy.track_confirm:
-            default = ScoreBand(self.policy.uncertain_low, self.policy.uncertain_high)
+            default = self.policy.band
             for detection, track in zip(detections, tracks, strict=True):
                 if detection.score >= bands.get(detection.label, default).high:
                     track.confirmed_in = generation
@@ -473,7 +478,7 @@ class HardCaseSelector:
         tracks: Sequence[Track],
         bands: Mapping[str, ScoreBand],
     ) -> list[Track]:
-        default = ScoreBand(self.policy.uncertain_low, self.policy.uncertain_high)
+        default = self.policy.band
         return [
             t
             for d, t in zip(detections, tracks, strict=True)

@@ -90,10 +90,17 @@ class LoopbackGrid(Grid):
 
 
 def run_loopback_rounds(
-    run_config: Any, num_nodes: int, rounds: int, grid: LoopbackGrid | None = None
+    run_config: Any,
+    num_nodes: int,
+    rounds: int,
+    grid: LoopbackGrid | None = None,
+    *,
+    central: bool = True,
+    warm_start_round: int | None = None,
 ) -> tuple[list[Any], list[Any], list[Any], Any]:
     """Run ``rounds`` real rounds of the app's ClientApp and strategy over a LoopbackGrid
-    (``grid``, or a new one of ``num_nodes``), with the run config's train schedule.
+    (``grid``, or a new one of ``num_nodes``), with the run config's train schedule;
+    ``central``: evaluate the global model centrally after each round.
 
     Returns (initial weights, final weights, round reports, the strategy).
     """
@@ -117,8 +124,9 @@ def run_loopback_rounds(
         last_round=rounds,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluator,
+        evaluate_fn=evaluator if central else None,
         on_round_end=reports.append,
         cyclic=run_config.cyclic,
+        warm_start_round=warm_start_round,
     )
     return initial.to_numpy_ndarrays(), final.to_numpy_ndarrays(), reports, strategy

@@ -7,15 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from flwr.app import ConfigRecord
-from loopback_grid import LoopbackGrid
+from loopback_grid import run_loopback_rounds
 
-from clients.client_app import app as client_app
 from fedge.core.process_age import process_age_s
 from fedge.core.run_config import RunConfig
-from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
-from server.server_app import configured_strategy
 
 NODES = 2
 
@@ -39,21 +34,8 @@ def test_a_round_reports_each_stage_and_each_reply_its_timings() -> None:
         max_train_samples=64, fraction_evaluate=1.0, min_available_nodes=NODES,
         local_epochs=1, data_dir="sample", seed=1,
     )  # fmt: skip
-    grid = LoopbackGrid(client_app, NODES, cfg.to_mapping())
-    reports: list[RoundReport] = []
-    evaluator = CentralEvaluator(cfg)
     # Execute
-    run_rounds(
-        configured_strategy(cfg, grid),
-        grid,
-        evaluator.initial_arrays(),
-        first_round=1,
-        last_round=1,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=evaluator,
-        on_round_end=reports.append,
-    )
+    _, _, reports, _ = run_loopback_rounds(cfg, NODES, 1)
     # Assert
     (report,) = reports
     assert set(report.stage_seconds) == {"train", "evaluate", "central"}

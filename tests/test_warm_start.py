@@ -4,15 +4,12 @@ the node that trained on the most examples; real ClientApps over a LoopbackGrid.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord
-from loopback_grid import LoopbackGrid
+from loopback_grid import LoopbackGrid, run_loopback_rounds
 
 from clients.client_app import app as client_app
 from clients.tasks import get_task
 from fedge.core.run_config import RunConfig
-from server.central_evaluation import CentralEvaluator
-from server.rounds import RoundReport, run_rounds
-from server.server_app import configured_strategy
+from server.rounds import RoundReport
 
 NODES = 3
 
@@ -25,21 +22,10 @@ def _one_round(warm_start_round: int | None) -> tuple[list[np.ndarray], list, Ro
         data_dir="sample", seed=3,
     )  # fmt: skip
     grid = LoopbackGrid(client_app, NODES, cfg.to_mapping())
-    reports: list[RoundReport] = []
-    evaluator = CentralEvaluator(cfg)
-    final = run_rounds(
-        configured_strategy(cfg, grid),
-        grid,
-        evaluator.initial_arrays(),
-        first_round=1,
-        last_round=1,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=None,
-        on_round_end=reports.append,
-        warm_start_round=warm_start_round,
+    _, final, reports, _ = run_loopback_rounds(
+        cfg, NODES, 1, grid, central=False, warm_start_round=warm_start_round
     )
-    return final.to_numpy_ndarrays(), grid.replies, reports[0]
+    return final, grid.replies, reports[0]
 
 
 def _examples(reply) -> float:  # type: ignore[no-untyped-def]
