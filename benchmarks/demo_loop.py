@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
     parser.add_argument("--track-iou", type=float, default=0.3, help="0: no tracking")
     parser.add_argument("--no-track-confirm", dest="track_confirm", action="store_false")
+    parser.add_argument("--no-warm-worker", dest="warm_worker", action="store_false")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         cold_start_share=args.cold_start_share,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
+        warm_worker=args.warm_worker,
         app_dir=REPO,
     )
     jiffies, cpu0, began = _busy_jiffies(), _own_cpu(), time.perf_counter()
@@ -402,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.track_iou and args.track_confirm
             else ""
         )
+        + (", a warm worker per site" if args.warm_worker else ", ClientApps from cold")
         + "; run "
         f"{time.strftime('%Y-%m-%d %H:%M')}: the demo itself (what `fedge demo` runs) "
         f"took {result.seconds / 60:.1f} min, {seconds / 60:.1f} min with this "

@@ -4,8 +4,9 @@ The run config's ``task`` picks the work from the task registry (``clients.tasks
 module only translates Flower messages. Node config (``--node-config`` or the
 simulation): what the task needs (fashion-mnist: ``partition-id``, ``num-partitions``;
 person-detector: ``store-dir``) and optionally ``data-dir`` (overrides the run config's,
-for data provisioned on the node). A reply carries the task's weights (plain or
-compressed) and numbers only.
+for data provisioned on the node) and ``warm-worker`` (``clients.warm_worker``: train and
+evaluate in one long-lived process per node instead of this one). A reply carries the
+task's weights (plain or compressed) and numbers only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flwr.clientapp import ClientApp
 from clients.attacks import apply_attack, is_malicious
 from clients.model_updates import INSTALL_MODEL_ACTION, install_model_reply
 from clients.tasks import NodeSetup, Task, get_task
+from clients.warm_worker import evaluate_on_node, train_on_node
 from fedge.core.errors import ConfigError
 from fedge.core.process_age import process_age_s
 from fedge.core.run_config import RunConfig
@@ -76,7 +78,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get("config", {})
     server_round = int(config.get("server-round", 0))
     local = client_side(cfg, msg, context, global_weights)  # SCAFFOLD, FedNova: extra work
-    result = task.train(
+    result = train_on_node(
+        task,
         cfg,
         node,
         global_weights,
@@ -141,8 +144,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     startup, began = process_age_s(), time.perf_counter()
     cfg, task, node = _node_setup(context)
     config = msg.content.config_records.get("config", {})
-    result = task.evaluate(
-        cfg, node, _received_weights(msg), server_round=int(config.get("server-round", 0))
+    result = evaluate_on_node(
+        task, cfg, node, _received_weights(msg), server_round=int(config.get("server-round", 0))
     )
     metrics = MetricRecord(
         {

@@ -69,6 +69,9 @@ person-detector only:
   --camera-fps F         frame rate the agents replay their segment at (default: 2)
   --privacy MODE         what the agents' hard cases reveal: landmarks, crops (default)
                          or frames (faces blurred on the node)
+  --no-warm-worker       a cold ClientApp process per Flower message, as Flower runs it
+                         (default: one warm training process per site, node config
+                         warm-worker=true; see clients/warm_worker.py)
 
 Unless overridden, output-dir is <work-dir>/outputs and run-name is "deployment". With
 person-detector the run is kept short unless overridden: 2 rounds, 1 local epoch of at
@@ -98,6 +101,7 @@ cli_run_config=()  # from --task and --rounds; before the caller's --run-config 
 min_labelled=3
 clip="$APP_DIR/data/samples/vtest_clip.mp4"
 camera_fps=2
+warm_worker=true
 privacy="crops"
 while (($#)); do
     case "$1" in
@@ -121,6 +125,7 @@ while (($#)); do
         --clip=*) clip="${1#*=}" ;;
         --camera-fps) camera_fps="${2:?--camera-fps needs a frame rate}"; shift ;;
         --camera-fps=*) camera_fps="${1#*=}" ;;
+        --no-warm-worker) warm_worker=false ;;
         --privacy) privacy="${2:?--privacy needs a mode}"; shift ;;
         --privacy=*) privacy="${1#*=}" ;;
         --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
@@ -325,8 +330,18 @@ with_descendants() {
         }'
 }
 
+# Processes whose environment names one of this deployment's Flower homes, this script
+# aside: what the deployment started, even a process no longer below the one that started
+# it (a site's warm worker outlives the ClientApp process that started it).
+of_this_deployment() {
+    grep -lzF "FLWR_HOME=$work_dir/" /proc/[0-9]*/environ 2>/dev/null \
+        | sed -e 's|^/proc/||' -e 's|/environ$||' | grep -vxF -e "$$" -e "$BASHPID"
+    return 0
+}
+
 # SIGTERM to every process of the deployment (SuperLink, SuperNodes, the SuperExecs and
-# App processes they spawned, `flwr run`), then SIGKILL what is left after the grace period.
+# App processes they spawned, warm workers, `flwr run`), then SIGKILL what is left after
+# the grace period.
 stop_all() {
     local roots=() tracked=() live=() signalled=" " pid deadline
     [[ -n "$flwr_pid" ]] && roots+=("$flwr_pid")
@@ -336,7 +351,7 @@ stop_all() {
     deadline=$((SECONDS + GRACE_SECONDS))
     while :; do
         # follow children spawned while shutting down, too
-        mapfile -t tracked < <(with_descendants "${tracked[@]}")
+        mapfile -t tracked < <({ with_descendants "${tracked[@]}"; of_this_deployment; } | sort -u)
         live=()
         for pid in "${tracked[@]}"; do
             alive "$pid" || continue
@@ -749,6 +764,9 @@ for ((i = 0; i < num_supernodes; i++)); do
     node_config="partition-id=$i num-partitions=$num_supernodes"
     if $detector; then
         node_config+=" store-dir=\"$work_dir/site-$i/store\""
+        if $warm_worker; then
+            node_config+=" warm-worker=true"
+        fi
     fi
     # SuperNodes give up (and so show up as dead) if they cannot reach the SuperLink
     start "supernode-$i" flower-supernode --superlink "$superlink_address" \

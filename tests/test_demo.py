@@ -235,6 +235,12 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
         for reply in replies:
             assert 0.0 < reply["startup-seconds"] < stages["train"] + stages["evaluate"]
             assert 0.0 < reply["handler-seconds"] < x["seconds"]
+    # each site's warm worker (clients.warm_worker) took its node's requests: round 1's
+    # training was its first (a site may have had nothing to train on yet: no reply), and
+    # round 2's came to the same, warm, process after round 1's training and evaluation
+    assert flower[0]["clients"] and len(flower[1]["clients"]) == 2
+    assert all(c["train"]["warm-worker-requests"] == 1.0 for c in flower[0]["clients"])
+    assert all(c["train"]["warm-worker-requests"] >= 3.0 for c in flower[1]["clients"])
     # every hard case that left a site went through the cloud and came back as a label
     assert sum(line["labelled"] for line in lines) > 0
     report = (out / "report.md").read_text()

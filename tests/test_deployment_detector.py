@@ -93,6 +93,10 @@ def test_every_round_trains_on_both_sites_and_reaches_both_nodes(deployment: dic
         assert model["version"] == row["round"]
         assert sorted(model["installed"].values()) == [row["round"]] * SITES, model
         assert model["rejected"] == {} and model["failed"] == []
+        # each site trained in its warm worker (no federated evaluation here): round r's
+        # request was its r-th, so round 2 found the process round 1 started
+        for client in row["clients"]:
+            assert client["train"]["warm-worker-requests"] == row["round"], client
 
 
 @pytest.mark.slow

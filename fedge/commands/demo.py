@@ -144,6 +144,13 @@ def register(subparsers: Any) -> None:
         "uncertainty band after the detector was sure of them (default: no hard case)",
     )
     parser.add_argument(
+        "--no-warm-worker",
+        dest="warm_worker",
+        action="store_false",
+        help="let every Flower message start its ClientApp from cold, as Flower does by "
+        "default (default: one warm training process per site, clients.warm_worker)",
+    )
+    parser.add_argument(
         "--max-persons",
         type=int,
         default=4,
@@ -203,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         dedup_distance=args.dedup_distance,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
+        warm_worker=args.warm_worker,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,
         seed=args.seed,

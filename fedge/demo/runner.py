@@ -101,6 +101,7 @@ class DemoOptions:
     dedup_distance: int = 0
     track_iou: float = 0.3
     track_confirm: bool = True
+    warm_worker: bool = True
     max_persons: int = 4
     seed: int = 0
     model_dir: str | None = None
@@ -391,6 +392,7 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
                 options.app_dir.resolve(),
                 [a.store_dir for a in agents],
                 _run_config(options, out / "server"),
+                warm_worker=options.warm_worker,
             )
             federation.start()
             pose = None

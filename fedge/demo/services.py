@@ -104,8 +104,11 @@ class DemoFederation:
         app_dir: Path,
         store_dirs: Sequence[Path],
         run_config: Mapping[str, Any],
+        *,
+        warm_worker: bool = True,
     ) -> None:
         self.group = group
+        self.warm_worker = warm_worker
         self.work = work
         self.app_dir = app_dir
         self.store_dirs = list(store_dirs)
@@ -146,6 +149,8 @@ class DemoFederation:
             home = self.work / f"supernode-{i}"
             home.mkdir(parents=True, exist_ok=True)
             node_config = f'partition-id={i} num-partitions={count} store-dir="{store}"'
+            if self.warm_worker:  # train in one process per node (clients.warm_worker)
+                node_config += " warm-worker=true"
             self.group.start(
                 f"supernode-{i}",
                 [
