@@ -227,10 +227,11 @@ def _start(files: WorkerFiles, owner: int, idle_s: float) -> Connection:
     raise WorkerUnavailableError(f"the warm worker did not listen within {START_TIMEOUT_S:.0f} s")
 
 
-def _call(cfg: RunConfig, node: NodeSetup, header: dict[str, Any], arrays: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _call(
+    cfg: RunConfig, node: NodeSetup, header: dict[str, Any], arrays: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """Send one request to the node's worker (starting it when needed); its reply."""
     owner = _owner_pid()
-    files = worker_files(cfg, node, owner)
     request = _pack(
         {
             **header,
@@ -240,6 +241,7 @@ def _call(cfg: RunConfig, node: NodeSetup, header: dict[str, Any], arrays: dict[
         arrays,
     )
     try:
+        files = worker_files(cfg, node, owner)  # OSError: no private folder to be had
         with os.fdopen(os.open(files.lock, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; requests queue
             connection = _connect(files) or _start(files, owner, _idle_s(node.config))

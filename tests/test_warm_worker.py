@@ -236,3 +236,22 @@ def test_the_node_config_switch(value: object, wanted: bool) -> None:
 def test_a_bad_switch_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="warm-worker='maybe'"):
         wants_worker({WORKER_KEY: "maybe"})
+
+
+def test_a_socket_folder_others_can_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the workers' folder exists, but open to everyone
+    import clients.warm_worker as warm
+
+    (tmp_path / f"fedge-workers-{os.getuid()}").mkdir(mode=0o755)
+    os.chmod(tmp_path / f"fedge-workers-{os.getuid()}", 0o755)
+    monkeypatch.setattr(warm.tempfile, "gettempdir", lambda: str(tmp_path))
+    cfg = RunConfig()
+    node = get_task("fashion-mnist").node_setup(
+        cfg, {"partition-id": 0, "num-partitions": 2, WORKER_KEY: True}
+    )
+    # Execute / Assert: no worker is started there
+    with pytest.raises(WorkerUnavailableError, match="not private to this user"):
+        worker_hello(cfg, node)
+    assert list((tmp_path / f"fedge-workers-{os.getuid()}").iterdir()) == []
