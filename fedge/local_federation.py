@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,12 @@ from types import TracebackType
 from typing import Any
 
 from fedge.core.errors import FedgeError
+from fedge.core.ports import free_port
 
-__all__ = ["LocalFederation", "format_run_config", "free_port", "processes_of_flwr_home"]
+__all__ = ["LocalFederation", "format_run_config", "processes_of_flwr_home"]
 
 CONNECTION = "fedge-sim"
 SUPERLINK_START_FAILURE = "Failed to start local SuperLink"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def format_run_config(values: Mapping[str, Any]) -> str:

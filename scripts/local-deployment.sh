@@ -285,7 +285,7 @@ else
     read -r -a ports < <(
         app_python - "$num_ports" <<'PY'
 import sys
-from fedge.local_federation import free_port
+from fedge.core.ports import free_port
 wanted, ports = int(sys.argv[1]), []
 while len(ports) < wanted:
     port = free_port()

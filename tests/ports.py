@@ -1,4 +1,5 @@
-"""Free loopback ports, and the processes a test started (by port, FLWR_HOME or path)."""
+"""Whether a loopback port is free, and the processes a test started (by port, FLWR_HOME
+or path)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-from fedge.local_federation import free_port
-
 __all__ = [
     "accepts_connections",
     "deployment_processes",
-    "free_port_base",
     "port_is_free",
     "processes_mentioning",
     "start_as_background_job",
@@ -30,15 +28,6 @@ def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
         except OSError:
             return False
         return True
-
-
-def free_port_base(count: int) -> int:
-    """A port P with P..P+count-1 all free on 127.0.0.1 right now."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def accepts_connections(port: int) -> bool:

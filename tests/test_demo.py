@@ -116,7 +116,7 @@ def test_a_tracking_iou_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    from fedge.local_federation import free_port
+    from fedge.core.ports import free_port
 
     out = tmp_path / "out"
     done = _demo("--cloud", f"127.0.0.1:{free_port()}", "--out", str(out))

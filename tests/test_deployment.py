@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-from ports import accepts_connections, deployment_processes, free_port_base, port_is_free
+from ports import accepts_connections, deployment_processes, port_is_free
 
+from fedge.core.ports import free_port_block
 from server.metrics_log import read_metrics
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
@@ -52,7 +53,7 @@ def _verified_tls_peer(port: int, ca_file: Path) -> dict:
 def _run_deployment(mode: str, tmp_path: Path) -> tuple[int, str, dict]:
     """Run the script and probe the SuperLink while it runs; (exit code, output, probe)."""
     work_dir = tmp_path / "work"
-    port_base = free_port_base(NUM_SUPERNODES + 1)
+    port_base = free_port_block(NUM_SUPERNODES + 1)
     output = tmp_path / "script-output.txt"
     command = [
         str(SCRIPT),

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-from ports import accepts_connections, deployment_processes, free_port_base, port_is_free
+from ports import accepts_connections, deployment_processes, port_is_free
+
+from fedge.core.ports import free_port_block
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"
 SITES = 2
@@ -43,7 +45,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dic
     tmp_path = tmp_path_factory.mktemp("detector-deployment")
     work_dir = tmp_path / "work"
     ports = SITES + 2  # SuperLink, SuperNodes, fedge cloud
-    port_base = free_port_base(ports)
+    port_base = free_port_block(ports)
     command = [
         str(SCRIPT), "--tls", "--task", "person-detector", "--sites", str(SITES),
         "--rounds", str(ROUNDS), "--port-base", str(port_base),

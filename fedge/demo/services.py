@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.errors import FedgeError
+from fedge.core.ports import free_port
 from fedge.demo.processes import ProcessGroup, log_tail, wait_for_port
-from fedge.local_federation import format_run_config, free_port
+from fedge.local_federation import format_run_config
 
 __all__ = ["CONNECTION", "DemoFederation", "check_cloud", "start_cloud"]
 
