@@ -101,3 +101,14 @@ def test_a_port_in_use_is_not_picked(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_block_needs_a_positive_size() -> None:
     with pytest.raises(ValueError, match="count must be >= 1"):
         free_port_block(0)
+
+
+def test_expired_reservations_are_removed(private_reservations: Path) -> None:
+    free_port()
+    private_reservations.joinpath("1").touch()  # a stale claim of an earlier run
+    old = time.time() - RESERVATION_S - 1
+    os.utime(private_reservations / "1", (old, old))
+    free_port()
+    names = {p.name for p in private_reservations.iterdir()}
+    assert "1" not in names
+    assert len(names) == 2

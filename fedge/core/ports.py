@@ -56,8 +56,16 @@ def _bindable(port: int) -> bool:
 
 
 def _reservations() -> Path:
+    """The per-user folder of reservations, with expired ones removed."""
     folder = Path(tempfile.gettempdir()) / f"fedge-ports-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    expired = time.time() - RESERVATION_S
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_mtime < expired:
+                path.unlink()
+        except FileNotFoundError:
+            pass  # another picker removed it first
     return folder
 
 
