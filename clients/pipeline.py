@@ -8,8 +8,12 @@ Each stage runs in its own thread(s) and hands frames to the next through a smal
 bounded queue, so while SSD looks at frame *n*, pose is already on frame *n + 1* and
 the store is writing frame *n − 1*: throughput is set by the slowest stage, not by the
 sum of them. A model stage may be given several model instances (``pose=[a, b]``):
-each runs in its own thread on every other frame, which is how a multi-core node
-keeps up when pose alone is the bottleneck (LiteRT releases the GIL while it runs).
+each runs in its own thread, which is how a multi-core node keeps up when pose alone is
+the bottleneck (LiteRT releases the GIL while it runs). Pose models keep state between
+frames (a tracked pose's next ROI comes from its last landmarks), so pose worker *i* of
+*k* gets exactly the frames *i*, *i + k*, *i + 2k*, ...: what each model sees, and so
+every result, does not depend on which thread happened to be free (SSD models keep no
+state: any free SSD worker takes the next frame).
 The store stage puts frames back in capture order. Only the capture queue drops
 frames (see ``clients.capture``); the queues between stages apply back-pressure.
 
@@ -166,6 +170,55 @@ class _Inbox:
             return self._ends >= self._producers and self._queue.empty()
 
 
+class _RoundRobin:
+    """Hands the items of ``source`` to ``takers`` takers in turn: taker *i* of *k* gets
+    items *i*, *i + k*, ... (in ``source`` order); each gets ``_END`` once ``source``
+    has ended and its own items are gone.
+
+    Whichever taker is free reads the next item from ``source`` (one reader at a time)
+    and keeps it for its owner, so a slow taker delays only its own items.
+    """
+
+    def __init__(self, source: Callable[[], object], takers: int, stop: threading.Event) -> None:
+        self._source = source
+        self._held: list[deque[object]] = [deque() for _ in range(takers)]
+        self._turn = 0
+        self._reading = False
+        self._ended = False
+        self._stop = stop
+        self._changed = threading.Condition()
+
+    def taker(self, index: int) -> Callable[[], object]:
+        """The ``take`` of taker ``index``."""
+
+        def take() -> object:
+            while True:
+                with self._changed:
+                    while not self._held[index]:
+                        if self._ended or self._stop.is_set():
+                            return _END
+                        if not self._reading:
+                            self._reading = True
+                            break
+                        self._changed.wait(timeout=_POLL_S)
+                    else:
+                        return self._held[index].popleft()
+                item = _END
+                try:
+                    item = self._source()  # blocks: outside the lock
+                finally:
+                    with self._changed:
+                        self._reading = False
+                        if isinstance(item, _Work):
+                            self._held[self._turn].append(item)
+                            self._turn = (self._turn + 1) % len(self._held)
+                        else:
+                            self._ended = True
+                        self._changed.notify_all()
+
+        return take
+
+
 class _Worker(threading.Thread):
     """One thread of a stage: take work, apply ``step``, pass it on."""
 
@@ -279,8 +332,11 @@ class Pipeline:
             last = index == len(stages) - 1
             feeds_store = index == len(stages) - 2
             outbox = self._outbox if last else _Inbox(len(steps), feeds_store, self._stop)
+            # pose models keep state between frames: each worker gets every k-th frame
+            turns = _RoundRobin(take, len(steps), self._stop) if name == "pose" else None
             for i, step in enumerate(steps):
-                self._threads.append(_Worker(f"{name}-{i}", take, step, outbox, self))
+                own_take = turns.taker(i) if turns is not None else take
+                self._threads.append(_Worker(f"{name}-{i}", own_take, step, outbox, self))
             take = outbox.take
         for worker in self._threads:
             worker.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,64 @@ def test_replicated_stage_keeps_capture_order() -> None:
     assert frames == list(range(240))
     assert all(d.calls > 0 for d in detectors)
     assert sum(d.calls for d in detectors) == 240
+
+
+class _Recording:
+    """A pose model that finds nobody and keeps a fingerprint of each frame it saw,
+    sleeping ``delay_s`` per frame (a worker that is slower than the others)."""
+
+    def __init__(self, inner: PoseModel | None = None, delay_s: float = 0.0) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.seen: list[int] = []
+
+    def estimate(self, frame_bgr: np.ndarray) -> list:
+        self.seen.append(_fingerprint(frame_bgr))
+        time.sleep(self.delay_s)
+        return self.inner.estimate(frame_bgr) if self.inner is not None else []
+
+
+def _fingerprint(image: np.ndarray) -> int:
+    return hash(image.tobytes())
+
+
+def test_pose_worker_i_of_k_gets_exactly_frames_i_plus_multiples_of_k() -> None:
+    # Prepare: three pose workers, the first far slower than the others, so free workers
+    # would take its turns if frames went to whichever worker was free
+    poses = [_Recording(delay_s=0.02), _Recording(), _Recording()]
+    capture = Capture(CLIP, CaptureConfig(size=(160, 120)))
+    # Execute
+    with Pipeline(capture, pose=poses) as pipeline:
+        outputs = [o for _, o in zip(range(60), pipeline, strict=False)]
+    # Assert: in capture order, and worker i saw frames i, i + 3, ... and no other
+    assert [o.result.frame for o in outputs] == list(range(60))
+    order = [_fingerprint(o.image) for o in outputs]
+    for i, pose in enumerate(poses):
+        assert pose.seen[: len(order[i::3])] == order[i::3]
+
+
+def test_tracked_pose_results_do_not_depend_on_which_worker_is_slow(
+    model_dir: Path,
+) -> None:
+    """Tracked BlazePose keeps state between frames: the landmarks of a run where one
+    worker is slow equal those of a run where the other one is."""
+
+    def run(slow: int) -> list[np.ndarray]:
+        poses = [
+            _Recording(
+                create_pose_estimator("litert", model_dir, num_threads=1, track=True),
+                delay_s=0.05 if i == slow else 0.0,
+            )
+            for i in range(2)
+        ]
+        capture = Capture(CLIP, CaptureConfig(size=(640, 480)))
+        with Pipeline(capture, pose=poses) as pipeline:
+            outputs = [o for _, o in zip(range(30), pipeline, strict=False)]
+        found = [o.result.persons for o in outputs if o.result.persons]
+        return [np.stack([p.landmarks for p in persons]) for persons in found]
+
+    first, second = run(slow=0), run(slow=1)
+    assert len(first) >= 6  # people walk through the clip
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
