@@ -70,6 +70,7 @@ COLUMNS = (
     "upload_share",
     "already_asked",
     "already_confirmed",
+    "doubt_pending",
     "held_back_look_alike",
     "held_back_rate_limit",
     "in_band_boxes",
@@ -107,6 +108,7 @@ def round_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "upload_share": r["upload_share"],
             "already_asked": r.get("already_asked", ""),
             "already_confirmed": r.get("already_confirmed", ""),
+            "doubt_pending": r.get("doubt_pending", ""),
             "held_back_look_alike": (r.get("held_back") or {}).get("duplicate", ""),
             "held_back_rate_limit": (r.get("held_back") or {}).get("rate_limited", ""),
             "in_band_boxes": _blank(r.get("uncertain_boxes_per_frame")),
@@ -340,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
     parser.add_argument("--track-iou", type=float, default=0.3, help="0: no tracking")
     parser.add_argument("--no-track-confirm", dest="track_confirm", action="store_false")
+    parser.add_argument("--track-doubt", type=int, default=3, help="1: ask on first doubt")
     parser.add_argument("--no-warm-worker", dest="warm_worker", action="store_false")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
@@ -365,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         cold_start_share=args.cold_start_share,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
+        track_doubt=args.track_doubt,
         warm_worker=args.warm_worker,
         app_dir=REPO,
     )
@@ -402,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         + (
             ", confirmed objects' dips no hard case"
             if args.track_iou and args.track_confirm
+            else ""
+        )
+        + (
+            f", objects asked about after {args.track_doubt} frames of doubt"
+            if args.track_iou and args.track_doubt > 1
             else ""
         )
         + (", a warm worker per site" if args.warm_worker else ", ClientApps from cold")

@@ -72,7 +72,8 @@ class EdgeConsole:
             f"frames {stats.frames} · dropped {cap.dropped} · corrupt {cap.corrupt} · "
             f"reconnects {cap.reconnects} · hard {hard.hard} · "
             f"suppressed {hard.duplicates + hard.rate_limited} · "
-            f"already asked {hard.already_asked} · confirmed {hard.already_confirmed}"
+            f"already asked {hard.already_asked} · confirmed {hard.already_confirmed} · "
+            f"doubt pending {hard.doubt_pending}"
         )
         if uplink is not None:
             rtt = "-" if uplink.rtt_ms is None else f"{uplink.rtt_ms:.0f} ms"

@@ -36,6 +36,14 @@ about them would spend the uplink on flicker (counted in
 every confirmation afresh: what an earlier version was sure of says nothing about the
 new one; the cloud's answers (``asked``) stay.
 
+With ``policy.track_min_doubt`` = N > 1 an object makes a frame hard only once the
+detector running now has been unsure of it on N frames (its in-band boxes, while it is
+neither asked nor confirmed): an object the detector is unsure of on first sight and
+sure of a frame or two later (a person stepping out of an occlusion or into the view) was
+found by the detector itself, and one still in the band after N frames is the doubt
+worth a label. The frames that only such younger doubts would have made hard are counted
+in ``SelectorStats.doubt_pending``; a new version (``set_band``) counts afresh.
+
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
 rate limit (a token bucket) is spent, so a static scene cannot flood the uplink. Both
@@ -162,6 +170,11 @@ class HardCasePolicy:
     track_min_iou: float = 0.0  # > 0: ask once per tracked object (module docstring)
     track_max_age: int = 3  # frames a track outlives its last box
     track_confirm: bool = True  # with tracking: dips of confirmed objects are no reason
+    track_min_doubt: int = 1  # with tracking: frames of doubt before an object is a reason
+
+    def __post_init__(self) -> None:
+        if self.track_min_doubt < 1:
+            raise ValueError(f"track_min_doubt must be 1 or more, got {self.track_min_doubt}")
 
     @property
     def band(self) -> ScoreBand:
@@ -347,6 +360,7 @@ class SelectorStats:
     rate_limited: int = 0
     already_asked: int = 0  # frames hard only by boxes of objects already asked about
     already_confirmed: int = 0  # ... only by dips of objects the detector was sure of
+    doubt_pending: int = 0  # ... only by objects doubted on fewer than track_min_doubt frames
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -430,8 +444,10 @@ class HardCaseSelector:
             uncertain = self._uncertain_tracks(detections, tracks, bands)
             if uncertain and all(t.asked for t in uncertain):
                 self.stats.already_asked += 1  # only asked objects' boxes were uncertain
-            elif uncertain:
+            elif uncertain and all(t.asked or t.confirmed_in == generation for t in uncertain):
                 self.stats.already_confirmed += 1  # ... or dips of confirmed objects
+            elif uncertain:
+                self.stats.doubt_pending += 1  # ... or objects not yet doubted long enough
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
@@ -463,14 +479,25 @@ class HardCaseSelector:
         bands: Mapping[str, ScoreBand],
         generation: int,
     ) -> list[bool]:
-        """Per detection, whether its object is known: asked about, or (``track_confirm``)
-        confirmed by a box at or above its band while this version runs."""
+        """Per detection, whether its object is known: asked about, (``track_confirm``)
+        confirmed by a box at or above its band while this version runs, or, while this
+        version has doubted it on fewer than ``track_min_doubt`` frames, this one
+        included, still to be found by the detector itself."""
+        default = self.policy.band
         if self.policy.track_confirm:
-            default = self.policy.band
             for detection, track in zip(detections, tracks, strict=True):
                 if detection.score >= bands.get(detection.label, default).high:
                     track.confirmed_in = generation
-        return [t.asked or t.confirmed_in == generation for t in tracks]
+        known = []
+        for detection, track in zip(detections, tracks, strict=True):
+            settled = track.asked or track.confirmed_in == generation
+            if not settled and bands.get(detection.label, default).contains(detection.score):
+                if track.doubted_in != generation:
+                    track.doubted_in, track.doubted = generation, 0
+                track.doubted += 1
+                settled = track.doubted < self.policy.track_min_doubt
+            known.append(settled)
+        return known
 
     def _uncertain_tracks(
         self,

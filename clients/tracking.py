@@ -30,8 +30,9 @@ Box = tuple[float, float, float, float]
 @dataclass
 class Track:
     """One tracked object: its last box, frames since a box joined it, whether a hard
-    case showing it has gone to the cloud (``asked``), and which detector generation was
-    sure of it (``confirmed_in``: set by the hard-case selector, ``None``: none was)."""
+    case showing it has gone to the cloud (``asked``), which detector generation was
+    sure of it (``confirmed_in``: set by the hard-case selector, ``None``: none was), and
+    on how many frames generation ``doubted_in`` was unsure of it (``doubted``)."""
 
     id: int
     label: str
@@ -39,6 +40,8 @@ class Track:
     missed: int = 0
     asked: bool = False
     confirmed_in: int | None = None
+    doubted: int = 0
+    doubted_in: int | None = None
 
 
 class IouTracker:

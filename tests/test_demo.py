@@ -115,6 +115,14 @@ def test_a_tracking_iou_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_doubt_of_no_frames_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _demo("--track-doubt", "0", "--out", str(out))
+    assert done.returncode == 2
+    assert "--track-doubt must be 1 or more" in _one_line_error(done.stderr)
+    assert not out.exists()
+
+
 def test_an_unreachable_cloud_is_refused_before_anything_starts(tmp_path: Path) -> None:
     from fedge.core.ports import free_port
 
@@ -205,6 +213,7 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
         held = line["held_back"]
         assert set(held) == {"duplicate", "rate_limited"} and min(held.values()) >= 0
         assert line["already_asked"] >= 0 and line["already_confirmed"] >= 0
+        assert line["doubt_pending"] >= 0
         hard = round(line["hard_case_rate"] * line["frames"])
         assert sum(held.values()) + round(line["upload_share"] * line["frames"]) <= hard
         for key in ("uncertain_boxes_per_frame", "expected_box_errors_per_frame"):

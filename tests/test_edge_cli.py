@@ -132,6 +132,12 @@ def test_a_tracking_iou_outside_zero_to_one_is_a_config_error() -> None:
     assert done.stderr.strip() == "fedge edge: error: --track-iou must lie in [0, 1], got 1.5"
 
 
+def test_a_doubt_of_no_frames_is_a_config_error() -> None:
+    done = _fedge("--track-doubt", "0", "--no-store")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "fedge edge: error: --track-doubt must be 1 or more, got 0"
+
+
 def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path, model_dir: Path) -> None:
     jsonl = tmp_path / "r.jsonl"
     proc = subprocess.Popen(

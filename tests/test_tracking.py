@@ -198,3 +198,82 @@ def test_a_new_version_must_confirm_again_but_the_clouds_answers_stay() -> None:
     # old version only, so C's dip is a hard case under the new one
     assert not asked.hard and selector.stats.already_asked == 1
     assert confirmed_before.hard and confirmed_before.reasons == (Reason.UNCERTAIN_SCORE,)
+
+
+# --- objects the detector is still making up its mind about (track_min_doubt) --------------
+
+DOUBT3 = dataclasses.replace(TRACKING, track_min_doubt=3)
+
+
+def test_an_object_found_by_the_detector_within_its_doubt_frames_is_never_asked() -> None:
+    # Prepare: a newcomer in the band on two frames, then above it (the detector found it)
+    scores = [0.45, 0.4, 0.9, 0.5, 0.45, 0.35]
+    selector = HardCaseSelector(DOUBT3, {"person"}, clock=FakeClock())
+
+    # Execute
+    hard = [
+        selector.decide(image, [], [_det(100 + 5 * i, score)]).hard
+        for i, (image, score) in enumerate(zip(_frames(6), scores, strict=True))
+    ]
+
+    # Assert: no frame went; the first two were pending doubt, the dips after confirmed
+    assert hard == [False] * 6
+    assert selector.stats.doubt_pending == 2 and selector.stats.already_confirmed == 3
+
+
+def test_an_object_doubted_on_min_doubt_frames_is_asked_about_once() -> None:
+    selector = HardCaseSelector(DOUBT3, {"person"}, clock=FakeClock())
+    hard = [
+        selector.decide(image, [], [_det(100 + 5 * i, 0.45)]).hard
+        for i, image in enumerate(_frames(6))
+    ]
+    assert hard == [False, False, True, False, False, False]
+    assert selector.stats.doubt_pending == 2 and selector.stats.already_asked == 3
+
+
+def test_doubt_counts_only_the_frames_an_object_is_in_the_band() -> None:
+    # above the band is confirmation (tested above); below it, or out of sight, is no doubt
+    policy = dataclasses.replace(DOUBT3, track_confirm=False, track_max_age=5)
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    frames = _frames(5)
+    boxes = [[_det(100, 0.45)], [], [_det(102, 0.2)], [_det(104, 0.45)], [_det(106, 0.45)]]
+    hard = [selector.decide(f, [], b).hard for f, b in zip(frames, boxes, strict=True)]
+    assert hard == [False, False, False, False, True]
+
+
+def test_a_new_version_doubts_afresh() -> None:
+    selector = HardCaseSelector(DOUBT3, {"person"}, clock=FakeClock())
+    frames = _frames(5)
+    assert not selector.decide(frames[0], [], [_det(100, 0.45)]).hard
+    assert not selector.decide(frames[1], [], [_det(102, 0.45)]).hard
+    selector.set_band("person", ScoreBand(0.3, 0.5))  # the old version's doubt says nothing
+    hard = [
+        selector.decide(f, [], [_det(104 + 2 * i, 0.45)]).hard for i, f in enumerate(frames[2:])
+    ]
+    assert hard == [False, False, True]
+
+
+def test_a_held_back_frame_keeps_a_doubted_object_to_be_asked() -> None:
+    # Prepare: one token, spent on object A after its three frames of doubt
+    clock = FakeClock()
+    policy = dataclasses.replace(DOUBT3, max_per_minute=60, burst=1)
+    selector = HardCaseSelector(policy, {"person"}, clock=clock)
+    frames = _frames(7)
+    first = [selector.decide(f, [], [_det(400, 0.45)]) for f in frames[:3]]
+    assert [d.hard for d in first] == [False, False, True]
+
+    # Execute: newcomer B doubted on three frames while the bucket is empty, then a second later
+    held = [selector.decide(f, [], [_det(400, 0.45), _det(100, 0.45)]) for f in frames[3:6]]
+    clock.advance(1.0)
+    later = selector.decide(frames[6], [], [_det(400, 0.45), _det(100, 0.45)])
+
+    # Assert: B's third frame qualifies and is held back; held back marks nothing, so B's
+    # fourth frame goes as soon as the rate limit allows
+    assert [d.reasons for d in held[:2]] == [(), ()]
+    assert held[2].reasons == (Reason.UNCERTAIN_SCORE,) and held[2].suppressed == "rate_limited"
+    assert later.hard
+
+
+def test_min_doubt_must_be_one_or_more() -> None:
+    with pytest.raises(ValueError, match="track_min_doubt"):
+        HardCasePolicy(track_min_doubt=0)

@@ -143,6 +143,15 @@ def register(subparsers: Any) -> None:
         help="with tracking, still ask about a tracked person whose score dips into the "
         "uncertainty band after the detector was sure of them (default: no hard case)",
     )
+    policy.add_argument(
+        "--track-doubt",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with tracking, ask about an object only once the running detector has been "
+        "unsure of it on N frames without being sure of it on any (default: 3; 1: on "
+        "the first)",
+    )
     parser.add_argument(
         "--no-warm-worker",
         dest="warm_worker",
@@ -210,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         dedup_distance=args.dedup_distance,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
+        track_doubt=args.track_doubt,
         warm_worker=args.warm_worker,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,

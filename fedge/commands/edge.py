@@ -133,6 +133,15 @@ def register(subparsers: Any) -> None:
         "no hard case)",
     )
     parser.add_argument(
+        "--track-doubt",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with tracking, ask about an object only once the running detector has been "
+        "unsure of it on N frames without being sure of it on any (default: 3; 1: on "
+        "the first)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
     parser.add_argument(
@@ -472,11 +481,14 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
 
     if not 0.0 <= args.track_iou <= 1.0:
         raise ConfigError(f"--track-iou must lie in [0, 1], got {args.track_iou}")
+    if args.track_doubt < 1:
+        raise ConfigError(f"--track-doubt must be 1 or more, got {args.track_doubt}")
     policy = HardCasePolicy(
         max_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
         track_min_iou=args.track_iou,
         track_confirm=args.track_confirm,
+        track_min_doubt=args.track_doubt,
     )
     if not _top_down(args):
         return policy

@@ -130,23 +130,26 @@ def _selection_table(rounds: list[dict[str, Any]]) -> list[str]:
         "have made hard, and an in-band box of an object the version running was sure of on "
         "an earlier frame (a dip of a person it has found) is none either: *already "
         "confirmed* counts the frames that only such boxes (and asked ones) would have made "
-        "hard. A hard frame is then held back "
+        "hard; nor is an object the version has been unsure of on fewer than `--track-doubt` "
+        "frames (3) yet: *doubt pending* counts the frames that only such boxes (and the "
+        "above) would have made hard. A hard frame is then held back "
         "when it looks like a recent hard case or when the rate limit is spent. *In-band "
         "boxes* and *expected wrong boxes* are per processed frame, for the version running "
         "(— in cold start): the second sums, over a frame's person boxes, the chance its "
         "calibration gives that the node's keep-or-drop decision on the box is wrong (people "
         "with no box at all are not counted).",
         "",
-        "| round | frames | already asked | already confirmed | hard | held back: look-alike "
-        "| held back: rate limit | uploaded | in-band boxes | expected wrong boxes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | frames | already asked | already confirmed | doubt pending | hard "
+        "| held back: look-alike | held back: rate limit | uploaded | in-band boxes "
+        "| expected wrong boxes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         held = r.get("held_back") or {}
         frames = r["frames"]
         lines.append(
             f"| {r['round']} | {frames} | {r.get('already_asked', 0)} | "
-            f"{r.get('already_confirmed', 0)} | "
+            f"{r.get('already_confirmed', 0)} | {r.get('doubt_pending', 0)} | "
             f"{round(r['hard_case_rate'] * frames)} | "
             f"{held.get('duplicate', 0)} | {held.get('rate_limited', 0)} | "
             f"{round(r['upload_share'] * frames)} | "

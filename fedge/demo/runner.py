@@ -101,6 +101,7 @@ class DemoOptions:
     dedup_distance: int = 0
     track_iou: float = 0.3
     track_confirm: bool = True
+    track_doubt: int = 3
     warm_worker: bool = True
     max_persons: int = 4
     seed: int = 0
@@ -144,6 +145,7 @@ def _policy(options: DemoOptions) -> HardCasePolicy:
         dedup_max_distance=options.dedup_distance,
         track_min_iou=options.track_iou,
         track_confirm=options.track_confirm,
+        track_min_doubt=options.track_doubt,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -172,7 +174,7 @@ def check_options(options: DemoOptions) -> None:
         raise ConfigError(f"--dedup-distance must be 0 or more, got {options.dedup_distance}")
     if not 0.0 <= options.track_iou <= 1.0:
         raise ConfigError(f"--track-iou must lie in [0, 1], got {options.track_iou}")
-    for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons"):
+    for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons", "track_doubt"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
     for name in ("hard_per_minute", "cold_start_per_minute", "dedup_window_s"):
@@ -283,6 +285,7 @@ def _round_line(
         "held_back": _sum_held_back(reports),
         "already_asked": sum(r.already_asked for r in reports),
         "already_confirmed": sum(r.already_confirmed for r in reports),
+        "doubt_pending": sum(r.doubt_pending for r in reports),
         **_box_uncertainty(reports),
         "seconds": seconds,
     }

@@ -52,6 +52,7 @@ class StageReport:
     held_back: dict[str, int] = field(default_factory=dict)  # hard frames by suppression
     already_asked: int = 0  # frames not hard only because the cloud saw their objects
     already_confirmed: int = 0  # ... or the detector was sure of them on a frame before
+    doubt_pending: int = 0  # ... or it had been unsure of them on too few frames yet
     sent: int = 0  # cases the cloud answered
     labelled: int = 0
     bytes_up: int = 0
@@ -207,6 +208,7 @@ class SiteAgent:
         before = _uplink_counts(self.uploader)
         asked_before = self.selector.stats.already_asked
         confirmed_before = self.selector.stats.already_confirmed
+        pending_before = self.selector.stats.doubt_pending
         with self._lock:
             first = len(self._results)
         self.source.release(frames)
@@ -235,6 +237,7 @@ class SiteAgent:
             calibrated=calibration is not None,
             already_asked=self.selector.stats.already_asked - asked_before,
             already_confirmed=self.selector.stats.already_confirmed - confirmed_before,
+            doubt_pending=self.selector.stats.doubt_pending - pending_before,
         )
         tally_results(report, [result for _, result in done], min_box_score, calibration)
         times = [t for t, _ in done]
