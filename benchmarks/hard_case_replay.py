@@ -1,0 +1,214 @@
+"""Hard-case replay: which frames each ``--track-doubt`` would have sent, on a finished demo.
+
+The edge's hard-case selector decides from what the node's models found on each frame.
+A finished ``fedge demo`` run keeps that in every site's frame store (its ``--out``
+folder, kept by ``benchmarks/demo_loop.py --work``): each frame's person, face and
+motion boxes, its poses and its time, and the source frames beside them. This
+benchmark runs ``clients.hard_cases.HardCaseSelector`` again over those records, site by
+site and stretch by stretch, as the demo's site agents ran it (cold start on stretch 0,
+then each version's calibrated band from its manifest), once per ``track_min_doubt``
+value, and counts per round the frames that qualify and the frames that would have
+gone to the cloud (after the look-alike check and the rate limit).
+
+What it does not show: the models are those of the run, so a value that sends other
+frames than the run did would also have trained other models. It measures selection
+alone. As a check, the replay with the run's own value must reproduce the run's
+decisions frame for frame (column *same as the run*).
+
+Results go to ``benchmarks/results/hard_case_replay.{md,csv}`` and a rich table.
+
+Usage::
+
+    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--run-doubt 3] [--run TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from tables import write_table  # noqa: E402  (benchmarks/tables.py)
+
+from clients.hard_cases import HardCasePolicy, HardCaseSelector, ScoreBand  # noqa: E402
+from fedge.core.records import Detection, Person  # noqa: E402
+
+__all__ = ["FrameRecord", "StretchCount", "main", "replay_site"]
+
+COLUMNS = ("doubt frames", "round", "frames", "qualify", "would upload", "per site", "same as run")
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What a site's store kept of one frame: the selector's inputs and its verdict."""
+
+    time: float
+    detections: tuple[Detection, ...]  # person and face boxes: what the selector saw
+    motion: tuple[Detection, ...]  # the motion proposer's boxes
+    persons: tuple[Person, ...]
+    reasons: tuple[str, ...]  # the run's FrameResult.hard_reasons
+    image: np.ndarray | None = None  # for the look-alike hash; None: a blank frame
+
+
+@dataclass
+class StretchCount:
+    """One site's replayed counts over one stretch."""
+
+    frames: int = 0
+    qualify: int = 0
+    upload: int = 0
+    same: int = 0
+
+
+def replay_site(
+    policy: HardCasePolicy,
+    stretches: Sequence[Sequence[FrameRecord]],
+    bands: Sequence[ScoreBand | None],
+    face_labels: tuple[str, ...] = ("face",),
+) -> list[StretchCount]:
+    """Replay one site: stretch 0 in cold start, stretch ``r`` >= 1 under ``bands[r - 1]``
+    (version ``r``'s person band; ``None``: the policy's), as ``swap_into`` sets them."""
+    selector = HardCaseSelector(policy, detector_labels=face_labels, cold_start=True)
+    counts = []
+    for index, stretch in enumerate(stretches):
+        if index >= 1:
+            selector.set_band("person", bands[index - 1])
+            if selector.cold_start:
+                selector.detector_labels = (*face_labels, "person")
+                selector.cold_start = False
+        count = StretchCount()
+        for record in stretch:
+            image = record.image if record.image is not None else np.zeros((8, 9), np.uint8)
+            decision = selector.decide(
+                image, record.persons, record.detections, now=record.time, proposals=record.motion
+            )
+            count.frames += 1
+            count.qualify += bool(decision.reasons)
+            count.upload += decision.hard
+            count.same += tuple(decision.record_reasons()) == record.reasons
+        counts.append(count)
+    return counts
+
+
+def _records(work: Path, site: dict[str, Any]) -> list[list[FrameRecord]]:
+    import cv2
+
+    index = work / "sites" / f"site-{site['site']}" / "store" / "index.sqlite"
+    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as db:
+        rows = {
+            int(frame): (float(t), json.loads(d), json.loads(p), json.loads(r))
+            for frame, t, d, p, r in db.execute(
+                "SELECT frame_index, time, detections, persons, hard_reasons FROM frames"
+            )
+        }
+    stretches = []
+    for stretch in site["stretches"]:
+        records = []
+        for frame in stretch:
+            if frame not in rows:
+                continue  # corrupt in the source: never processed
+            t, boxes, poses, reasons = rows[frame]
+            found = [Detection(tuple(b["box"]), b["label"], float(b["score"])) for b in boxes]
+            records.append(
+                FrameRecord(
+                    time=t,
+                    detections=tuple(d for d in found if d.label != "motion"),
+                    motion=tuple(d for d in found if d.label == "motion"),
+                    persons=tuple(
+                        Person(np.asarray(p["landmarks"], np.float64), p["score"], tuple(p["box"]))
+                        for p in poses
+                    ),
+                    reasons=tuple(reasons),
+                    image=cv2.imread(str(work / "frames" / f"{frame:06d}.jpg")),
+                )
+            )
+        stretches.append(records)
+    return stretches
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay a demo's work folder for each ``--doubt`` and write the reports."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path, help="a finished fedge demo's --out folder")
+    parser.add_argument("--doubt", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
+    parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    plan_path = args.work / "plan.json"
+    if not plan_path.exists():
+        parser.error(f"{args.work} holds no plan.json: not a fedge demo's --out folder")
+    if min(args.doubt) < 1:
+        parser.error("--doubt values must be 1 or more")
+    from export.artifact import artifact_paths, read_manifest
+    from fedge.demo.runner import DemoOptions, _policy
+
+    plan = json.loads(plan_path.read_text())
+    models = args.work / "server" / "demo" / "models"
+    bands: list[ScoreBand | None] = []
+    for version in range(1, plan["rounds"] + 1):
+        calibration = read_manifest(
+            artifact_paths(models, "person-detector", version)[1]
+        ).calibration
+        bands.append(
+            None
+            if calibration is None
+            else ScoreBand(calibration.uncertain_low, calibration.uncertain_high)
+        )
+    started = time.perf_counter()
+    sites = [_records(args.work, site) for site in plan["sites"]]
+    base = _policy(DemoOptions(source=Path("-"), out=Path("-")))  # the demo's defaults
+    rows = []
+    for doubt in args.doubt:
+        policy = dataclasses.replace(base, track_min_doubt=doubt)
+        counts = [replay_site(policy, stretches, bands) for stretches in sites]
+        for r in range(plan["rounds"] + 1):
+            per = [c[r] for c in counts]
+            rows.append(
+                {
+                    "doubt frames": doubt,
+                    "round": r,
+                    "frames": sum(c.frames for c in per),
+                    "qualify": sum(c.qualify for c in per),
+                    "would upload": sum(c.upload for c in per),
+                    "per site": " · ".join(f"{c.upload}/{c.frames}" for c in per),
+                    "same as run": f"{sum(c.same for c in per)}/{sum(c.frames for c in per)}",
+                }
+            )
+    header = (
+        f"{cpu_model()}, Python {platform.python_version()}; the demo {args.run or args.work.name} "
+        f"({plan['frames']} frames, {len(plan['sites'])} sites, {plan['rounds']} rounds, run "
+        f"with --track-doubt {args.run_doubt}); the selector replayed over the frame records "
+        "its sites stored, with the demo's other hard-case defaults and each version's "
+        "band; selection only (the models are the run's); *same as run*: frames whose "
+        "replayed verdict equals the stored one (all, for the run's own value); "
+        f"{time.perf_counter() - started:.0f} s. Regenerate: run the demo with "
+        "`python benchmarks/demo_loop.py ... --work WORK`, then "
+        f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt}`"
+    )
+    _, md_path = write_table(
+        rows, COLUMNS, args.out_dir, "hard_case_replay", "Hard-case replay", header
+    )
+    from rich.console import Console
+
+    Console().print(md_path.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
