@@ -15,11 +15,13 @@ frames than the run did would also have trained other models. It measures select
 alone. As a check, the replay with the run's own value must reproduce the run's
 decisions frame for frame (column *same as the run*).
 
-Results go to ``benchmarks/results/hard_case_replay.{md,csv}`` and a rich table.
+Results go to ``benchmarks/results/NAME.{md,csv}`` (``--name``, default
+``hard_case_replay``) and a rich table.
 
 Usage::
 
-    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--run-doubt 3] [--run TEXT]
+    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--run-doubt 3]
+        [--run TEXT] [--name NAME]
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
     parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
     args = parser.parse_args(argv)
     plan_path = args.work / "plan.json"
     if not plan_path.exists():
@@ -199,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         "replayed verdict equals the stored one (all, for the run's own value); "
         f"{time.perf_counter() - started:.0f} s. Regenerate: run the demo with "
         "`python benchmarks/demo_loop.py ... --work WORK`, then "
-        f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt}`"
+        f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt}"
+        + ("" if args.name == "hard_case_replay" else f" --name {args.name}")
+        + "`"
     )
-    _, md_path = write_table(
-        rows, COLUMNS, args.out_dir, "hard_case_replay", "Hard-case replay", header
-    )
+    _, md_path = write_table(rows, COLUMNS, args.out_dir, args.name, "Hard-case replay", header)
     from rich.console import Console
 
     Console().print(md_path.read_text(encoding="utf-8"))
