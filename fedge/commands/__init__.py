@@ -1,1 +1,1 @@
-"""One module per ``fedge`` subcommand."""
+"""One module per ``fedge`` subcommand, and the flags and helpers some of them share."""

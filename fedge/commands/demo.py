@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedge.commands.tracking_flags import add_tracking_flags
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import TRAIN_SCHEDULES
 from fedge.core.signals import stop_signals_interrupt
@@ -128,30 +129,7 @@ def register(subparsers: Any) -> None:
         help="... 'like' = dHash within BITS bits (0: only a repeated frame; people walking "
         "across a still camera's view barely change a whole-frame hash)",
     )
-    policy.add_argument(
-        "--track-iou",
-        type=float,
-        default=0.3,
-        metavar="IOU",
-        help="track boxes across frames (greedy IoU from IOU) and ask the cloud once per "
-        "uncertain object, not on every frame it appears in (0.3; 0: off)",
-    )
-    policy.add_argument(
-        "--no-track-confirm",
-        dest="track_confirm",
-        action="store_false",
-        help="with tracking, still ask about a tracked person whose score dips into the "
-        "uncertainty band after the detector was sure of them (default: no hard case)",
-    )
-    policy.add_argument(
-        "--track-doubt",
-        type=int,
-        default=3,
-        metavar="N",
-        help="with tracking, ask about an object only once the running detector has been "
-        "unsure of it on N frames without being sure of it on any (default: 3; 1: on "
-        "the first)",
-    )
+    add_tracking_flags(policy)
     parser.add_argument(
         "--no-warm-worker",
         dest="warm_worker",

@@ -23,6 +23,7 @@ from fedge.commands.edge_uplink import (
     start_uploader,
     uplink_summary,
 )
+from fedge.commands.tracking_flags import add_tracking_flags
 from fedge.core.errors import CaptureError, ConfigError
 from fedge.core.signals import stop_signals_interrupt
 
@@ -116,31 +117,7 @@ def register(subparsers: Any) -> None:
         help="without a person detector, sample at most N frames a minute as hard cases "
         "for the cloud to label (default: 2; 0: off)",
     )
-    parser.add_argument(
-        "--track-iou",
-        type=float,
-        default=0.3,
-        metavar="IOU",
-        help="track boxes from frame to frame (greedy IoU from IOU) and ask the cloud once "
-        "per uncertain object, not on every frame it appears in (default: 0.3; 0: off)",
-    )
-    parser.add_argument(
-        "--no-track-confirm",
-        dest="track_confirm",
-        action="store_false",
-        help="with tracking, still ask about a tracked person whose score dips into the "
-        "uncertainty band after the detector was sure of them (default: such dips are "
-        "no hard case)",
-    )
-    parser.add_argument(
-        "--track-doubt",
-        type=int,
-        default=3,
-        metavar="N",
-        help="with tracking, ask about an object only once the running detector has been "
-        "unsure of it on N frames without being sure of it on any (default: 3; 1: on "
-        "the first)",
-    )
+    add_tracking_flags(parser)
     parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
