@@ -36,13 +36,21 @@ about them would spend the uplink on flicker (counted in
 every confirmation afresh: what an earlier version was sure of says nothing about the
 new one; the cloud's answers (``asked``) stay.
 
+The pose/box check is asked once per object too: the poses are tracked like the boxes
+(a tracker of their own), a confident box without a pose counts as its box's object and a
+confident pose without a box as its pose's, and an object already asked about is no
+disagreement. Confirmation does not settle a disagreement (the box without a pose is a
+confident one): only the cloud's answer does.
+
 With ``policy.track_min_doubt`` = N > 1 an object makes a frame hard only once the
-detector running now has been unsure of it on N frames (its in-band boxes, while it is
-neither asked nor confirmed): an object the detector is unsure of on first sight and
-sure of a frame or two later (a person stepping out of an occlusion or into the view) was
-found by the detector itself, and one still in the band after N frames is the doubt
-worth a label. The frames that only such younger doubts would have made hard are counted
-in ``SelectorStats.doubt_pending``; a new version (``set_band``) counts afresh.
+detector running now has been unsure of it on N frames (its in-band boxes while it is
+neither asked nor confirmed, and its disagreements with the pose estimator while it is not
+asked; a frame counts once per object): an object the detector is unsure of on first
+sight and sure of a frame or two later (a person stepping out of an occlusion or into the
+view) was found by the detector itself, a pose lost on a frame or two (a turn, a crossing)
+is found again, and one still in doubt after N frames is worth a label. The frames that
+only such younger doubts would have made hard are counted in
+``SelectorStats.doubt_pending``; a new version (``set_band``) counts afresh.
 
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
@@ -84,6 +92,7 @@ __all__ = [
     "TOKEN_TOLERANCE",
     "TokenBucket",
     "dhash",
+    "disagreements",
     "find_hard_reasons",
 ]
 
@@ -233,6 +242,8 @@ def find_hard_reasons(
     detector_labels: Collection[str] | None = None,
     bands: Mapping[str, ScoreBand] | None = None,
     known: Sequence[bool] | None = None,
+    known_disagree: Sequence[bool] | None = None,
+    known_poses: Sequence[bool] | None = None,
 ) -> tuple[str, ...]:
     """Return why a frame is hard (empty when it is not), before any suppression.
 
@@ -241,56 +252,73 @@ def find_hard_reasons(
     are calibrated uncertainty bands by label (other labels: the policy's band).
     ``known`` says, per detection, whether its object is already known (the cloud was
     asked about it, or the detector was sure of it on a frame before): such a box is not
-    an uncertain score (``None``: none is).
+    an uncertain score (``None``: none is). ``known_disagree`` (per detection) and
+    ``known_poses`` (per person) say the same of the pose/box check: a confident box
+    without a pose, or a confident pose without a box, whose object is known is no
+    disagreement (``None``: none is).
     """
     reasons: list[str] = []
     default = policy.band
     own = bands or {}
-    if known is not None and len(known) != len(detections):
-        raise ValueError(f"known has {len(known)} entries for {len(detections)} detections")
-    seen = known if known is not None else [False] * len(detections)
+    seen = _mask(known, len(detections), "known", "detections")
     if any(
         own.get(d.label, default).contains(d.score) and not is_known
         for d, is_known in zip(detections, seen, strict=True)
     ):
         reasons.append(Reason.UNCERTAIN_SCORE)
-    if _pose_and_boxes_disagree(persons, detections, policy, detector_labels):
+    boxes, poses = disagreements(persons, detections, policy, detector_labels)
+    box_known = _mask(known_disagree, len(detections), "known_disagree", "detections")
+    pose_known = _mask(known_poses, len(persons), "known_poses", "persons")
+    if any(not box_known[i] for i in boxes) or any(not pose_known[j] for j in poses):
         reasons.append(Reason.POSE_SSD_DISAGREE)
     if _small_margin(detections, policy):
         reasons.append(Reason.SMALL_MARGIN)
     return tuple(reasons)
 
 
-def _pose_and_boxes_disagree(
+def _mask(values: Sequence[bool] | None, count: int, name: str, what: str) -> Sequence[bool]:
+    if values is None:
+        return [False] * count
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries for {count} {what}")
+    return values
+
+
+def disagreements(
     persons: Sequence[Person],
     detections: Sequence[Detection],
     policy: HardCasePolicy,
-    detector_labels: Collection[str] | None,
-) -> bool:
+    detector_labels: Collection[str] | None = None,
+) -> tuple[set[int], set[int]]:
+    """Where the pose estimator and the detector disagree: the indices of the confident
+    boxes without a pose and of the confident poses without a box (``policy.disagreement``
+    says, per label, how a box matches a pose; see :class:`DisagreementCheck`)."""
     labels = set(detector_labels) if detector_labels is not None else {d.label for d in detections}
     poses = [p.box for p in persons if p.score >= policy.pose_min]
-    confident_poses = [p.box for p in persons if p.score >= policy.pose_confident]
+    lone_boxes: set[int] = set()
+    lone_poses: set[int] = set()
     for check in policy.disagreement:
         if check.label not in labels:
             continue
-        boxes = [d for d in detections if d.label == check.label]
-        expect_pose = sorted(boxes, key=lambda d: -d.score)
+        mine = [i for i, d in enumerate(detections) if d.label == check.label]
+        expect_pose = sorted(mine, key=lambda i: -detections[i].score)
         if check.max_posed > 0:
             expect_pose = expect_pose[: check.max_posed]
-        for det in expect_pose:
+        for i in expect_pose:
+            det = detections[i]
             if det.score >= policy.box_confident and not any(
                 _matches(check, det.box, pose, policy.match_threshold) for pose in poses
             ):
-                return True
+                lone_boxes.add(i)
         if check.pose_implies_box:
-            for pose in confident_poses:
-                if not any(
-                    _matches(check, d.box, pose, policy.match_threshold)
-                    for d in boxes
-                    if d.score >= policy.uncertain_low
+            for j, person in enumerate(persons):
+                if person.score >= policy.pose_confident and not any(
+                    _matches(check, detections[i].box, person.box, policy.match_threshold)
+                    for i in mine
+                    if detections[i].score >= policy.uncertain_low
                 ):
-                    return True
-    return False
+                    lone_poses.add(j)
+    return lone_boxes, lone_poses
 
 
 def _small_margin(detections: Sequence[Detection], policy: HardCasePolicy) -> bool:
@@ -392,10 +420,12 @@ class HardCaseSelector:
         self._bucket = TokenBucket(self.policy.max_per_minute / 60.0, float(self.policy.burst))
         self._cold_bucket = TokenBucket(self.policy.cold_start_per_minute / 60.0, 1.0)
         self._recent: deque[tuple[float, int]] = deque(maxlen=self.policy.dedup_recent)
+        tracking = self.policy.track_min_iou > 0
         self._tracker = (
-            IouTracker(self.policy.track_min_iou, self.policy.track_max_age)
-            if self.policy.track_min_iou > 0
-            else None
+            IouTracker(self.policy.track_min_iou, self.policy.track_max_age) if tracking else None
+        )
+        self._pose_tracker = (  # poses are objects too: a pose without a box is asked once
+            IouTracker(self.policy.track_min_iou, self.policy.track_max_age) if tracking else None
         )
         self._generation = 0  # bumped by set_band: confirmations count within one version
 
@@ -435,19 +465,27 @@ class HardCaseSelector:
         self.stats.frames += 1
         generation = self._generation  # read before the bands (set_band: after them)
         bands = self._bands
-        tracks = self._tracker.update(detections) if self._tracker is not None else None
-        known = None if tracks is None else self._known(detections, tracks, bands, generation)
-        reasons = find_hard_reasons(
-            persons, detections, self.policy, self.detector_labels, bands, known
-        )
-        if tracks is not None and not reasons:
-            uncertain = self._uncertain_tracks(detections, tracks, bands)
-            if uncertain and all(t.asked for t in uncertain):
-                self.stats.already_asked += 1  # only asked objects' boxes were uncertain
-            elif uncertain and all(t.asked or t.confirmed_in == generation for t in uncertain):
-                self.stats.already_confirmed += 1  # ... or dips of confirmed objects
-            elif uncertain:
-                self.stats.doubt_pending += 1  # ... or objects not yet doubted long enough
+        tracks: list[Track] | None = None
+        if self._tracker is None or self._pose_tracker is None:
+            reasons = find_hard_reasons(
+                persons, detections, self.policy, self.detector_labels, bands
+            )
+        else:
+            tracks = self._tracker.update(detections)
+            tracks += self._pose_tracker.update([_pose_box(p) for p in persons])
+            settled = self._settle(persons, detections, tracks, bands, generation)
+            reasons = find_hard_reasons(
+                persons,
+                detections,
+                self.policy,
+                self.detector_labels,
+                bands,
+                settled.scores,
+                settled.disagree,
+                settled.poses,
+            )
+            if not reasons:
+                self._count_settled(settled.doubts, generation)
         frame_time = self.clock() if now is None else now
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
@@ -472,45 +510,65 @@ class HardCaseSelector:
         _mark_asked(tracks)
         return HardCaseDecision(reasons)
 
-    def _known(
+    def _settle(
         self,
+        persons: Sequence[Person],
         detections: Sequence[Detection],
         tracks: Sequence[Track],
         bands: Mapping[str, ScoreBand],
         generation: int,
-    ) -> list[bool]:
-        """Per detection, whether its object is known: asked about, (``track_confirm``)
-        confirmed by a box at or above its band while this version runs, or, while this
-        version has doubted it on fewer than ``track_min_doubt`` frames, this one
-        included, still to be found by the detector itself."""
+    ) -> _Settled:
+        """Which objects of this frame are known (``tracks``: the boxes' tracks, then the
+        poses'). A box's uncertain score is known when its object was asked about,
+        (``track_confirm``) confirmed by a box at or above its band while this version
+        runs, or still young doubt; a disagreement when its object was asked about or is
+        still young doubt. Young doubt: this version has been unsure of the object (an
+        unsettled uncertain score or disagreement) on fewer than ``track_min_doubt``
+        frames, this one included."""
         default = self.policy.band
+        box_tracks, pose_tracks = tracks[: len(detections)], tracks[len(detections) :]
         if self.policy.track_confirm:
-            for detection, track in zip(detections, tracks, strict=True):
+            for detection, track in zip(detections, box_tracks, strict=True):
                 if detection.score >= bands.get(detection.label, default).high:
                     track.confirmed_in = generation
-        known = []
-        for detection, track in zip(detections, tracks, strict=True):
-            settled = track.asked or track.confirmed_in == generation
-            if not settled and bands.get(detection.label, default).contains(detection.score):
-                if track.doubted_in != generation:
-                    track.doubted_in, track.doubted = generation, 0
-                track.doubted += 1
-                settled = track.doubted < self.policy.track_min_doubt
-            known.append(settled)
-        return known
+        lone_boxes, lone_poses = disagreements(
+            persons, detections, self.policy, self.detector_labels
+        )
+        settled = _Settled()
+        for i, (detection, track) in enumerate(zip(detections, box_tracks, strict=True)):
+            in_band = bands.get(detection.label, default).contains(detection.score)
+            unsure = in_band and not (track.asked or track.confirmed_in == generation)
+            at_odds = i in lone_boxes and not track.asked
+            young = (unsure or at_odds) and self._doubt(track, generation)
+            settled.scores.append(not unsure or young)
+            settled.disagree.append(not at_odds or young)
+            if in_band or i in lone_boxes:
+                settled.doubts.append((track, i not in lone_boxes))
+        for j, track in enumerate(pose_tracks):
+            at_odds = j in lone_poses and not track.asked
+            settled.poses.append(not at_odds or self._doubt(track, generation))
+            if j in lone_poses:
+                settled.doubts.append((track, False))
+        return settled
 
-    def _uncertain_tracks(
-        self,
-        detections: Sequence[Detection],
-        tracks: Sequence[Track],
-        bands: Mapping[str, ScoreBand],
-    ) -> list[Track]:
-        default = self.policy.band
-        return [
-            t
-            for d, t in zip(detections, tracks, strict=True)
-            if bands.get(d.label, default).contains(d.score)
-        ]
+    def _doubt(self, track: Track, generation: int) -> bool:
+        """Count one more frame of doubt about ``track``'s object under ``generation``;
+        return whether the doubt is still young (fewer than ``track_min_doubt`` frames)."""
+        if track.doubted_in != generation:
+            track.doubted_in, track.doubted = generation, 0
+        track.doubted += 1
+        return track.doubted < self.policy.track_min_doubt
+
+    def _count_settled(self, doubts: Sequence[tuple[Track, bool]], generation: int) -> None:
+        """A frame with no reason: count why its doubtful objects were none."""
+        if not doubts:
+            return
+        if all(track.asked for track, _ in doubts):
+            self.stats.already_asked += 1  # only objects already asked about
+        elif all(t.asked or (confirms and t.confirmed_in == generation) for t, confirms in doubts):
+            self.stats.already_confirmed += 1  # ... or dips of confirmed objects
+        else:
+            self.stats.doubt_pending += 1  # ... or objects not yet doubted long enough
 
     def _cold_start_sample(self, image: np.ndarray, frame_time: float) -> HardCaseDecision:
         """No person detector yet, so its uncertainty is undefined: send a sample of the
@@ -536,6 +594,22 @@ class HardCaseSelector:
             seen >= horizon and (fingerprint ^ other).bit_count() <= self.policy.dedup_max_distance
             for seen, other in self._recent
         )
+
+
+@dataclass
+class _Settled:
+    """Per object of one frame, whether it is known (``HardCaseSelector._settle``), and
+    the objects doubted on it: each track with whether a confirmation settles it."""
+
+    scores: list[bool] = field(default_factory=list)
+    disagree: list[bool] = field(default_factory=list)
+    poses: list[bool] = field(default_factory=list)
+    doubts: list[tuple[Track, bool]] = field(default_factory=list)
+
+
+def _pose_box(person: Person) -> Detection:
+    """A pose as a box for the pose tracker."""
+    return Detection(box=person.box, label="pose", score=person.score)
 
 
 def _mark_asked(tracks: Sequence[Track] | None) -> None:

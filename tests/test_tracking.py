@@ -9,6 +9,7 @@ import pytest
 from fake_clock import FakeClock
 
 from clients.hard_cases import (
+    DisagreementCheck,
     HardCasePolicy,
     HardCaseSelector,
     Reason,
@@ -16,7 +17,7 @@ from clients.hard_cases import (
     find_hard_reasons,
 )
 from clients.tracking import IouTracker
-from fedge.core.records import Detection
+from fedge.core.records import Detection, Person
 
 # no pose/box check: these frames have boxes and no pose, and only the scores matter here
 TRACKING = HardCasePolicy(
@@ -277,3 +278,97 @@ def test_a_held_back_frame_keeps_a_doubted_object_to_be_asked() -> None:
 def test_min_doubt_must_be_one_or_more() -> None:
     with pytest.raises(ValueError, match="track_min_doubt"):
         HardCasePolicy(track_min_doubt=0)
+
+
+# --- the pose/box check, once per object ----------------------------------------------------
+
+POSED = dataclasses.replace(TRACKING, disagreement=(DisagreementCheck("person", "iou"),))
+
+
+def _pose(x: float, score: float = 0.9) -> Person:
+    box = (x, 100.0, x + 40.0, 200.0)  # where _det(x) puts its box
+    return Person(landmarks=np.zeros((33, 4), dtype=np.float32), score=score, box=box)
+
+
+def test_a_disagreement_whose_object_was_asked_is_no_reason() -> None:
+    box, pose = [_det(100, 0.9)], [_pose(300)]  # a box without a pose, a pose without a box
+    assert find_hard_reasons(pose, box, POSED, {"person"}) == (Reason.POSE_SSD_DISAGREE,)
+    both = {"known_disagree": [True], "known_poses": [True]}
+    assert find_hard_reasons(pose, box, POSED, {"person"}, **both) == ()
+    box_only = {"known_disagree": [True], "known_poses": [False]}
+    assert find_hard_reasons(pose, box, POSED, {"person"}, **box_only) == (
+        Reason.POSE_SSD_DISAGREE,
+    )
+    with pytest.raises(ValueError, match="known_poses has 2 entries for 1 persons"):
+        find_hard_reasons(pose, box, POSED, {"person"}, known_poses=[True, True])
+
+
+def test_a_confident_box_without_a_pose_is_asked_about_once() -> None:
+    # Prepare: a person walking right whom the pose model misses on every frame; the box
+    # is above the band, so the detector is sure of it: sureness does not settle the pose
+    selector = HardCaseSelector(POSED, {"person"}, clock=FakeClock())
+    decisions = [
+        selector.decide(image, [_pose(400)], [_det(100 + 5 * i), _det(400)])
+        for i, image in enumerate(_frames(6))
+    ]
+    assert [d.hard for d in decisions] == [True] + [False] * 5
+    assert decisions[0].reasons == (Reason.POSE_SSD_DISAGREE,)
+    assert selector.stats.already_asked == 5
+
+
+def test_a_confident_pose_without_a_box_is_asked_about_once() -> None:
+    selector = HardCaseSelector(POSED, {"person"}, clock=FakeClock())
+    hard = [
+        selector.decide(image, [_pose(100 + 5 * i)], []).hard for i, image in enumerate(_frames(6))
+    ]
+    assert hard == [True] + [False] * 5 and selector.stats.already_asked == 5
+
+
+def test_without_tracking_every_frame_of_a_disagreement_is_hard() -> None:
+    selector = HardCaseSelector(
+        dataclasses.replace(POSED, track_min_iou=0.0), {"person"}, clock=FakeClock()
+    )
+    hard = [
+        selector.decide(image, [_pose(100 + 5 * i)], []).hard for i, image in enumerate(_frames(4))
+    ]
+    assert hard == [True] * 4
+
+
+def test_a_pose_lost_for_fewer_than_min_doubt_frames_is_never_asked() -> None:
+    # Prepare: the pose model loses a walking person on two frames (a turn), then finds it
+    policy = dataclasses.replace(POSED, track_min_doubt=3)
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    posed = [True, False, False, True, True]
+
+    # Execute
+    hard = [
+        selector.decide(image, [_pose(100 + 5 * i)] if has else [], [_det(100 + 5 * i)]).hard
+        for i, (image, has) in enumerate(zip(_frames(5), posed, strict=True))
+    ]
+
+    # Assert
+    assert hard == [False] * 5 and selector.stats.doubt_pending == 2
+
+
+def test_a_lasting_disagreement_is_asked_after_min_doubt_frames() -> None:
+    policy = dataclasses.replace(POSED, track_min_doubt=3)
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    hard = [
+        selector.decide(image, [], [_det(100 + 5 * i)]).hard for i, image in enumerate(_frames(5))
+    ]
+    assert hard == [False, False, True, False, False]
+
+
+def test_score_doubt_and_disagreement_add_up_once_per_frame() -> None:
+    # Prepare: a posed person in the band on two frames, then sure of it and without a pose
+    policy = dataclasses.replace(POSED, track_min_doubt=3)
+    selector = HardCaseSelector(policy, {"person"}, clock=FakeClock())
+    frames = _frames(3)
+
+    # Execute
+    young = [selector.decide(frames[i], [_pose(100)], [_det(100, 0.45)]) for i in range(2)]
+    third = selector.decide(frames[2], [], [_det(100, 0.9)])
+
+    # Assert: three frames of doubt about one object, whatever each frame's doubt was
+    assert [d.reasons for d in young] == [(), ()]
+    assert third.hard and third.reasons == (Reason.POSE_SSD_DISAGREE,)
