@@ -55,6 +55,12 @@ for _path in (REPO, REPO / "benchmarks"):
 from edge_fps import _busy_jiffies, other_load  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
+from fedge.commands.selection_flags import (  # noqa: E402
+    add_ask_labels_flag,
+    add_tracking_flags,
+    parse_ask_labels,
+)
+
 __all__ = ["fusion_scores", "label_audit", "main", "round_rows"]
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -340,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-start-share", type=float, default=0.2)
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
-    parser.add_argument("--track-iou", type=float, default=0.3, help="0: no tracking")
-    parser.add_argument("--no-track-confirm", dest="track_confirm", action="store_false")
-    parser.add_argument("--track-doubt", type=int, default=3, help="1: ask on first doubt")
+    add_tracking_flags(parser)  # fedge demo's
+    add_ask_labels_flag(parser)
     parser.add_argument("--no-warm-worker", dest="warm_worker", action="store_false")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
@@ -369,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
         track_doubt=args.track_doubt,
+        ask_labels=parse_ask_labels(args.ask_labels),
         warm_worker=args.warm_worker,
         app_dir=REPO,
     )
@@ -413,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.track_iou and args.track_doubt > 1
             else ""
         )
+        + f", hard cases about {args.ask_labels} boxes once a person detector runs"
         + (", a warm worker per site" if args.warm_worker else ", ClientApps from cold")
         + "; run "
         f"{time.strftime('%Y-%m-%d %H:%M')}: the demo itself (what `fedge demo` runs) "

@@ -1,4 +1,5 @@
-"""Hard-case replay: which frames each ``--track-doubt`` would have sent, on a finished demo.
+"""Hard-case replay: which frames each ``--track-doubt`` and ``--ask-labels`` would have
+sent, on a finished demo.
 
 The edge's hard-case selector decides from what the node's models found on each frame.
 A finished ``fedge demo`` run keeps that in every site's frame store (its ``--out``
@@ -7,8 +8,8 @@ motion boxes, its poses and its time, and the source frames beside them. This
 benchmark runs ``clients.hard_cases.HardCaseSelector`` again over those records, site by
 site and stretch by stretch, as the demo's site agents ran it (cold start on stretch 0,
 then each version's calibrated band from its manifest), once per ``track_min_doubt``
-value, and counts per round the frames that qualify and the frames that would have
-gone to the cloud (after the look-alike check and the rate limit).
+value and ``ask_labels`` choice, and counts per round the frames that qualify and the
+frames that would have gone to the cloud (after the look-alike check and the rate limit).
 
 What it does not show: the models are those of the run, so a value that sends other
 frames than the run did would also have trained other models. It measures selection
@@ -20,8 +21,8 @@ Results go to ``benchmarks/results/NAME.{md,csv}`` (``--name``, default
 
 Usage::
 
-    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--run-doubt 3]
-        [--run TEXT] [--name NAME]
+    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--ask person all]
+        [--run-doubt 3] [--run-ask person] [--run TEXT] [--name NAME]
 """
 
 from __future__ import annotations
@@ -52,7 +53,16 @@ from fedge.core.records import Detection, Person  # noqa: E402
 
 __all__ = ["FrameRecord", "StretchCount", "main", "replay_site"]
 
-COLUMNS = ("doubt frames", "round", "frames", "qualify", "would upload", "per site", "same as run")
+COLUMNS = (
+    "doubt frames",
+    "ask labels",
+    "round",
+    "frames",
+    "qualify",
+    "would upload",
+    "per site",
+    "same as run",
+)
 
 
 @dataclass(frozen=True)
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path, help="a finished fedge demo's --out folder")
     parser.add_argument("--doubt", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--ask", nargs="+", default=["person", "all"], help="--ask-labels values")
     parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
+    parser.add_argument("--run-ask", default="person", help="the run's --ask-labels")
     parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
@@ -159,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.doubt) < 1:
         parser.error("--doubt values must be 1 or more")
     from export.artifact import artifact_paths, read_manifest
-    from fedge.demo.runner import DemoOptions, _policy
+    from fedge.commands.selection_flags import parse_ask_labels
+    from fedge.demo.runner import DemoOptions, hard_case_policy
 
     plan = json.loads(plan_path.read_text())
     models = args.work / "server" / "demo" / "models"
@@ -175,16 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     started = time.perf_counter()
     sites = [_records(args.work, site) for site in plan["sites"]]
-    base = _policy(DemoOptions(source=Path("-"), out=Path("-")))  # the demo's defaults
+    base = hard_case_policy(DemoOptions(source=Path("-"), out=Path("-")))  # the defaults
     rows = []
-    for doubt in args.doubt:
-        policy = dataclasses.replace(base, track_min_doubt=doubt)
+    for doubt, ask in [(d, a) for a in args.ask for d in args.doubt]:
+        policy = dataclasses.replace(base, track_min_doubt=doubt, ask_labels=parse_ask_labels(ask))
         counts = [replay_site(policy, stretches, bands) for stretches in sites]
         for r in range(plan["rounds"] + 1):
             per = [c[r] for c in counts]
             rows.append(
                 {
                     "doubt frames": doubt,
+                    "ask labels": ask,
                     "round": r,
                     "frames": sum(c.frames for c in per),
                     "qualify": sum(c.qualify for c in per),
@@ -196,13 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{cpu_model()}, Python {platform.python_version()}; the demo {args.run or args.work.name} "
         f"({plan['frames']} frames, {len(plan['sites'])} sites, {plan['rounds']} rounds, run "
-        f"with --track-doubt {args.run_doubt}); the selector replayed over the frame records "
-        "its sites stored, with the demo's other hard-case defaults and each version's "
-        "band; selection only (the models are the run's); *same as run*: frames whose "
-        "replayed verdict equals the stored one (all, for the run's own value); "
+        f"with --track-doubt {args.run_doubt} --ask-labels {args.run_ask}); the selector "
+        "replayed over the frame records its sites stored, with the demo's other hard-case "
+        "defaults and each version's band; selection only (the models are the run's); "
+        "*same as run*: frames whose replayed verdict equals the stored one (all, for the "
+        "run's own values); "
         f"{time.perf_counter() - started:.0f} s. Regenerate: run the demo with "
         "`python benchmarks/demo_loop.py ... --work WORK`, then "
-        f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt}"
+        f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt} "
+        f"--run-ask {args.run_ask}"
         + ("" if args.name == "hard_case_replay" else f" --name {args.name}")
         + "`"
     )

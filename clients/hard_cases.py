@@ -52,6 +52,13 @@ is found again, and one still in doubt after N frames is worth a label. The fram
 only such younger doubts would have made hard are counted in
 ``SelectorStats.doubt_pending``; a new version (``set_band``) counts afresh.
 
+With ``policy.ask_labels`` (e.g. ``("person",)``, what the cloud's teacher labels), once
+the node runs a detector of one of those labels (``detector_labels`` has it: after the
+first person detector is installed) only boxes of those labels take part: an uncertain
+face box, or a face outside every pose, is then no reason to upload a frame, since the
+cloud's labels could not answer it. Before that (cold start, BlazeFace alone) every label
+counts: any sign of a person makes a frame worth labelling for the first model.
+
 A qualifying frame is then held back (``suppressed``) when it looks like a recent hard
 case (a dHash of a small grayscale thumbnail within a Hamming distance) or when the
 rate limit (a token bucket) is spent, so a static scene cannot flood the uplink. Both
@@ -180,6 +187,7 @@ class HardCasePolicy:
     track_max_age: int = 3  # frames a track outlives its last box
     track_confirm: bool = True  # with tracking: dips of confirmed objects are no reason
     track_min_doubt: int = 1  # with tracking: frames of doubt before an object is a reason
+    ask_labels: tuple[str, ...] = ()  # out of cold start, only these labels' boxes count
 
     def __post_init__(self) -> None:
         if self.track_min_doubt < 1:
@@ -465,6 +473,10 @@ class HardCaseSelector:
         self.stats.frames += 1
         generation = self._generation  # read before the bands (set_band: after them)
         bands = self._bands
+        asked = self.policy.ask_labels
+        own = self.detector_labels or ()
+        if asked and any(label in asked for label in own):  # (module docstring)
+            detections = [d for d in detections if d.label in asked]
         tracks: list[Track] | None = None
         if self._tracker is None or self._pose_tracker is None:
             reasons = find_hard_reasons(

@@ -107,19 +107,19 @@ def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_a_tracking_iou_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--track-iou", "-0.1", "--track-iou must lie in [0, 1], got -0.1"),
+        ("--track-doubt", "0", "--track-doubt must be 1 or more"),
+        ("--ask-labels", " , ", "--ask-labels needs a label or 'all'"),
+    ],
+)
+def test_a_bad_selection_flag_is_refused(tmp_path: Path, flag: str, value: str, error: str) -> None:
     out = tmp_path / "out"
-    done = _demo("--track-iou", "-0.1", "--out", str(out))
+    done = _demo(flag, value, "--out", str(out))
     assert done.returncode == 2
-    assert "--track-iou must lie in [0, 1], got -0.1" in _one_line_error(done.stderr)
-    assert not out.exists()
-
-
-def test_a_doubt_of_no_frames_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = _demo("--track-doubt", "0", "--out", str(out))
-    assert done.returncode == 2
-    assert "--track-doubt must be 1 or more" in _one_line_error(done.stderr)
+    assert error in _one_line_error(done.stderr)
     assert not out.exists()
 
 

@@ -126,16 +126,18 @@ def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
     assert "--size must look like 640x480" in done.stderr
 
 
-def test_a_tracking_iou_outside_zero_to_one_is_a_config_error() -> None:
-    done = _fedge("--track-iou", "1.5", "--no-store")
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--track-iou", "1.5", "--track-iou must lie in [0, 1], got 1.5"),
+        ("--track-doubt", "0", "--track-doubt must be 1 or more, got 0"),
+        ("--ask-labels", ",", "--ask-labels needs a label or 'all', got ','"),
+    ],
+)
+def test_a_bad_selection_flag_is_a_config_error(flag: str, value: str, error: str) -> None:
+    done = _fedge(flag, value, "--no-store")
     assert done.returncode == 2
-    assert done.stderr.strip() == "fedge edge: error: --track-iou must lie in [0, 1], got 1.5"
-
-
-def test_a_doubt_of_no_frames_is_a_config_error() -> None:
-    done = _fedge("--track-doubt", "0", "--no-store")
-    assert done.returncode == 2
-    assert done.stderr.strip() == "fedge edge: error: --track-doubt must be 1 or more, got 0"
+    assert done.stderr.strip() == f"fedge edge: error: {error}"
 
 
 def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path, model_dir: Path) -> None:

@@ -359,3 +359,45 @@ def test_feed_get_hands_out_queued_events_then_none_after_close() -> None:
     assert feed.get(timeout=0) is None  # nothing queued, no wait
     feed.close()
     assert feed.get() is None  # closed: does not block
+
+
+# --- only the labels the cloud answers (ask_labels) ------------------------------------------
+
+
+def test_once_a_person_detector_runs_only_person_boxes_make_a_frame_hard() -> None:
+    # Prepare: an unsure face and a face outside every pose; an unsure person beside them
+    policy = HardCasePolicy(max_per_minute=600, burst=100, ask_labels=("person",))
+    faces = [_det("face", 0.45, (0, 0, 20, 20)), _det("face", 0.9, (400, 50, 440, 90))]
+    person = _det("person", 0.45, (100, 100, 200, 400))
+    cold = HardCaseSelector(policy, ("face",), clock=FakeClock())
+    running = HardCaseSelector(policy, ("face", "person"), clock=FakeClock())
+    every_label = HardCaseSelector(
+        HardCasePolicy(max_per_minute=600, burst=100), ("face", "person"), clock=FakeClock()
+    )
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
+
+    # Execute / Assert: before a person detector, faces are what the node has to go on
+    assert cold.decide(images[0], [], faces).reasons == (
+        Reason.UNCERTAIN_SCORE,
+        Reason.POSE_SSD_DISAGREE,
+    )
+    # with one, faces are no question for the cloud's person teacher ...
+    assert running.decide(images[1], [], faces).reasons == ()
+    assert running.decide(images[2], [], [*faces, person]).reasons == (Reason.UNCERTAIN_SCORE,)
+    # ... unless every label is asked about
+    assert every_label.decide(images[3], [], faces).reasons == (
+        Reason.UNCERTAIN_SCORE,
+        Reason.POSE_SSD_DISAGREE,
+    )
+
+
+def test_ask_labels_flag_reads_a_list_or_all() -> None:
+    from fedge.commands.selection_flags import parse_ask_labels
+    from fedge.core.errors import ConfigError
+
+    assert parse_ask_labels("person") == ("person",)
+    assert parse_ask_labels(" person, face ,") == ("person", "face")
+    assert parse_ask_labels("all") == ()
+    with pytest.raises(ConfigError, match="needs a label"):
+        parse_ask_labels(" , ")

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedge.commands.tracking_flags import add_tracking_flags
+from fedge.commands.selection_flags import (
+    add_ask_labels_flag,
+    add_tracking_flags,
+    parse_ask_labels,
+)
 from fedge.core.errors import ConfigError
 from fedge.core.run_config import TRAIN_SCHEDULES
 from fedge.core.signals import stop_signals_interrupt
@@ -130,6 +134,7 @@ def register(subparsers: Any) -> None:
         "across a still camera's view barely change a whole-frame hash)",
     )
     add_tracking_flags(policy)
+    add_ask_labels_flag(policy)
     parser.add_argument(
         "--no-warm-worker",
         dest="warm_worker",
@@ -198,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
         track_doubt=args.track_doubt,
+        ask_labels=parse_ask_labels(args.ask_labels),
         warm_worker=args.warm_worker,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,

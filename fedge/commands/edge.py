@@ -23,7 +23,11 @@ from fedge.commands.edge_uplink import (
     start_uploader,
     uplink_summary,
 )
-from fedge.commands.tracking_flags import add_tracking_flags
+from fedge.commands.selection_flags import (
+    add_ask_labels_flag,
+    add_tracking_flags,
+    parse_ask_labels,
+)
 from fedge.core.errors import CaptureError, ConfigError
 from fedge.core.signals import stop_signals_interrupt
 
@@ -118,6 +122,7 @@ def register(subparsers: Any) -> None:
         "for the cloud to label (default: 2; 0: off)",
     )
     add_tracking_flags(parser)
+    add_ask_labels_flag(parser)
     parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="LiteRT threads per model (default: 1)"
     )
@@ -466,6 +471,7 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         track_min_iou=args.track_iou,
         track_confirm=args.track_confirm,
         track_min_doubt=args.track_doubt,
+        ask_labels=parse_ask_labels(args.ask_labels),
     )
     if not _top_down(args):
         return policy

@@ -54,7 +54,7 @@ from fedge.demo.services import DemoFederation, check_cloud, start_cloud
 from fedge.demo.site_agent import SiteAgent, StageReport
 from fedge.demo.staged_source import StagedFrame
 
-__all__ = ["ROUND_KEYS", "DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["ROUND_KEYS", "DemoOptions", "DemoResult", "hard_case_policy", "run_demo"]
 
 ROUND_KEYS = (
     "round",
@@ -102,6 +102,7 @@ class DemoOptions:
     track_iou: float = 0.3
     track_confirm: bool = True
     track_doubt: int = 3
+    ask_labels: tuple[str, ...] = ("person",)  # (): every label
     warm_worker: bool = True
     max_persons: int = 4
     seed: int = 0
@@ -137,7 +138,8 @@ Progress = Callable[[str, float], None]
 """``(stage description, fraction of the whole run done)``."""
 
 
-def _policy(options: DemoOptions) -> HardCasePolicy:
+def hard_case_policy(options: DemoOptions) -> HardCasePolicy:
+    """The hard-case policy the demo's site agents select with under ``options``."""
     policy = HardCasePolicy(
         max_per_minute=options.hard_per_minute,
         cold_start_per_minute=options.cold_start_per_minute,
@@ -146,6 +148,7 @@ def _policy(options: DemoOptions) -> HardCasePolicy:
         track_min_iou=options.track_iou,
         track_confirm=options.track_confirm,
         track_min_doubt=options.track_doubt,
+        ask_labels=options.ask_labels,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -374,7 +377,7 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
                         epoch, fps,
                     )
                 )  # fmt: skip
-            policy = _policy(options)
+            policy = hard_case_policy(options)
             for site in plan.sites:
                 agent = SiteAgent(
                     site.name,
