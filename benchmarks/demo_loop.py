@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         track_confirm=args.track_confirm,
         track_doubt=args.track_doubt,
         ask_labels=parse_ask_labels(args.ask_labels),
+        place_iou=args.place_iou,
         warm_worker=args.warm_worker,
         app_dir=REPO,
     )
@@ -417,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f", objects asked about after {args.track_doubt} frames of doubt"
             if args.track_iou and args.track_doubt > 1
+            else ""
+        )
+        + (
+            f", places of sent objects remembered (IoU {args.place_iou:g})"
+            if args.track_iou and args.place_iou
             else ""
         )
         + f", hard cases about {args.ask_labels} boxes once a person detector runs"

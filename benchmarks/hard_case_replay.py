@@ -1,5 +1,5 @@
-"""Hard-case replay: which frames each ``--track-doubt`` and ``--ask-labels`` would have
-sent, on a finished demo.
+"""Hard-case replay: which frames each ``--track-doubt``, ``--ask-labels`` and ``--place-iou``
+would have sent, on a finished demo.
 
 The edge's hard-case selector decides from what the node's models found on each frame.
 A finished ``fedge demo`` run keeps that in every site's frame store (its ``--out``
@@ -8,7 +8,7 @@ motion boxes, its poses and its time, and the source frames beside them. This
 benchmark runs ``clients.hard_cases.HardCaseSelector`` again over those records, site by
 site and stretch by stretch, as the demo's site agents ran it (cold start on stretch 0,
 then each version's calibrated band from its manifest), once per ``track_min_doubt``
-value and ``ask_labels`` choice, and counts per round the frames that qualify and the
+value, ``ask_labels`` choice and ``place_iou``, and counts per round the frames that qualify and the
 frames that would have gone to the cloud (after the look-alike check and the rate limit).
 
 What it does not show: the models are those of the run, so a value that sends other
@@ -21,8 +21,9 @@ Results go to ``benchmarks/results/NAME.{md,csv}`` (``--name``, default
 
 Usage::
 
-    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--ask person all]
-        [--run-doubt 3] [--run-ask person] [--run TEXT] [--name NAME]
+    python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--ask person]
+        [--place 0 0.5] [--run-doubt 3] [--run-ask person] [--run-place 0.5] [--run TEXT]
+        [--name NAME]
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = ["FrameRecord", "StretchCount", "main", "replay_site"]
 COLUMNS = (
     "doubt frames",
     "ask labels",
+    "place IoU",
     "round",
     "frames",
     "qualify",
@@ -158,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path, help="a finished fedge demo's --out folder")
     parser.add_argument("--doubt", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--ask", nargs="+", default=["person", "all"], help="--ask-labels values")
+    parser.add_argument("--ask", nargs="+", default=["person"], help="--ask-labels values")
+    parser.add_argument("--place", type=float, nargs="+", default=[0.0, 0.5], help="--place-iou")
     parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
     parser.add_argument("--run-ask", default="person", help="the run's --ask-labels")
+    parser.add_argument("--run-place", type=float, default=0.5, help="the run's --place-iou")
     parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
@@ -190,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     sites = [_records(args.work, site) for site in plan["sites"]]
     base = hard_case_policy(DemoOptions(source=Path("-"), out=Path("-")))  # the defaults
     rows = []
-    for doubt, ask in [(d, a) for a in args.ask for d in args.doubt]:
-        policy = dataclasses.replace(base, track_min_doubt=doubt, ask_labels=parse_ask_labels(ask))
+    variants = [(d, a, p) for p in args.place for a in args.ask for d in args.doubt]
+    for doubt, ask, place in variants:
+        policy = dataclasses.replace(
+            base, track_min_doubt=doubt, ask_labels=parse_ask_labels(ask), place_iou=place
+        )
         counts = [replay_site(policy, stretches, bands) for stretches in sites]
         for r in range(plan["rounds"] + 1):
             per = [c[r] for c in counts]
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "doubt frames": doubt,
                     "ask labels": ask,
+                    "place IoU": f"{place:g}",
                     "round": r,
                     "frames": sum(c.frames for c in per),
                     "qualify": sum(c.qualify for c in per),
@@ -210,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{cpu_model()}, Python {platform.python_version()}; the demo {args.run or args.work.name} "
         f"({plan['frames']} frames, {len(plan['sites'])} sites, {plan['rounds']} rounds, run "
-        f"with --track-doubt {args.run_doubt} --ask-labels {args.run_ask}); the selector "
+        f"with --track-doubt {args.run_doubt} --ask-labels {args.run_ask} --place-iou "
+        f"{args.run_place:g}); the selector "
         "replayed over the frame records its sites stored, with the demo's other hard-case "
         "defaults and each version's band; selection only (the models are the run's); "
         "*same as run*: frames whose replayed verdict equals the stored one (all, for the "
@@ -218,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - started:.0f} s. Regenerate: run the demo with "
         "`python benchmarks/demo_loop.py ... --work WORK`, then "
         f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt} "
-        f"--run-ask {args.run_ask}"
+        f"--run-ask {args.run_ask} --run-place {args.run_place:g} --doubt "
+        + " ".join(str(d) for d in args.doubt)
+        + " --ask "
+        + " ".join(args.ask)
+        + " --place "
+        + " ".join(f"{p:g}" for p in args.place)
         + ("" if args.name == "hard_case_replay" else f" --name {args.name}")
         + "`"
     )

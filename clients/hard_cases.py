@@ -52,6 +52,15 @@ is found again, and one still in doubt after N frames is worth a label. The fram
 only such younger doubts would have made hard are counted in
 ``SelectorStats.doubt_pending``; a new version (``set_band``) counts afresh.
 
+With ``policy.place_iou`` > 0 the selector also remembers where the objects on frames it
+sent stood: a box (or pose) that lies where a frame sent within ``dedup_window_s`` showed
+an object of its label (IoU >= ``place_iou``) counts as asked about. A still camera's
+detector keeps scoring the same background (a door, a window edge) in the band; its
+track ends when the score drops under the detector's floor for a few frames and a new
+one starts in the same place, and without this memory each new track would ask the
+cloud again about a place it has already labelled. The cost: someone standing exactly
+where an object was asked about within the window is taken as asked while they stay.
+
 With ``policy.ask_labels`` (e.g. ``("person",)``, what the cloud's teacher labels), once
 the node runs a detector of one of those labels (``detector_labels`` has it: after the
 first person detector is installed) only boxes of those labels take part: an uncertain
@@ -92,6 +101,7 @@ __all__ = [
     "HardCaseFeed",
     "HardCasePolicy",
     "HardCaseSelector",
+    "PLACES_KEPT",
     "Reason",
     "ScoreBand",
     "SelectorStats",
@@ -106,6 +116,8 @@ __all__ = [
 Box = tuple[float, float, float, float]
 TOKEN_TOLERANCE = 1e-3
 """How much short of a whole token still counts as one (``TokenBucket``)."""
+PLACES_KEPT = 1024
+"""Places of sent objects a selector remembers at most (``HardCasePolicy.place_iou``)."""
 Clock = Callable[[], float]  # seconds, e.g. time.monotonic
 
 
@@ -188,10 +200,13 @@ class HardCasePolicy:
     track_confirm: bool = True  # with tracking: dips of confirmed objects are no reason
     track_min_doubt: int = 1  # with tracking: frames of doubt before an object is a reason
     ask_labels: tuple[str, ...] = ()  # out of cold start, only these labels' boxes count
+    place_iou: float = 0.0  # with tracking, > 0: a box where a sent frame showed one is asked
 
     def __post_init__(self) -> None:
         if self.track_min_doubt < 1:
             raise ValueError(f"track_min_doubt must be 1 or more, got {self.track_min_doubt}")
+        if not 0.0 <= self.place_iou <= 1.0:
+            raise ValueError(f"place_iou must lie in [0, 1], got {self.place_iou}")
 
     @property
     def band(self) -> ScoreBand:
@@ -436,6 +451,7 @@ class HardCaseSelector:
             IouTracker(self.policy.track_min_iou, self.policy.track_max_age) if tracking else None
         )
         self._generation = 0  # bumped by set_band: confirmations count within one version
+        self._places: deque[tuple[float, str, Box]] = deque(maxlen=PLACES_KEPT)
 
     @property
     def bands(self) -> dict[str, ScoreBand]:
@@ -477,6 +493,7 @@ class HardCaseSelector:
         own = self.detector_labels or ()
         if asked and any(label in asked for label in own):  # (module docstring)
             detections = [d for d in detections if d.label in asked]
+        frame_time = self.clock() if now is None else now
         tracks: list[Track] | None = None
         if self._tracker is None or self._pose_tracker is None:
             reasons = find_hard_reasons(
@@ -485,7 +502,7 @@ class HardCaseSelector:
         else:
             tracks = self._tracker.update(detections)
             tracks += self._pose_tracker.update([_pose_box(p) for p in persons])
-            settled = self._settle(persons, detections, tracks, bands, generation)
+            settled = self._settle(persons, detections, tracks, bands, generation, frame_time)
             reasons = find_hard_reasons(
                 persons,
                 detections,
@@ -497,14 +514,13 @@ class HardCaseSelector:
                 settled.poses,
             )
             if not reasons:
-                self._count_settled(settled.doubts, generation)
-        frame_time = self.clock() if now is None else now
+                self._count_settled(settled.doubts)
         if not reasons and self.cold_start:
             if proposals is not None and not persons and not proposals:
                 return HardCaseDecision()
             decision = self._cold_start_sample(image, frame_time)
             if decision.hard:
-                _mark_asked(tracks)
+                self._mark_asked(tracks, frame_time)
             return decision
         if not reasons:
             return HardCaseDecision()
@@ -519,7 +535,7 @@ class HardCaseSelector:
             return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
-        _mark_asked(tracks)
+        self._mark_asked(tracks, frame_time)
         return HardCaseDecision(reasons)
 
     def _settle(
@@ -529,6 +545,7 @@ class HardCaseSelector:
         tracks: Sequence[Track],
         bands: Mapping[str, ScoreBand],
         generation: int,
+        frame_time: float,
     ) -> _Settled:
         """Which objects of this frame are known (``tracks``: the boxes' tracks, then the
         poses'). A box's uncertain score is known when its object was asked about,
@@ -536,8 +553,12 @@ class HardCaseSelector:
         runs, or still young doubt; a disagreement when its object was asked about or is
         still young doubt. Young doubt: this version has been unsure of the object (an
         unsettled uncertain score or disagreement) on fewer than ``track_min_doubt``
-        frames, this one included."""
+        frames, this one included. An object counts as asked about when its track was, or
+        (``place_iou``) when it stands where a frame sent within ``dedup_window_s`` showed
+        an object of its label."""
         default = self.policy.band
+        placed = self._at_asked_places(tracks, frame_time)
+        asked = [t.asked or here for t, here in zip(tracks, placed, strict=True)]
         box_tracks, pose_tracks = tracks[: len(detections)], tracks[len(detections) :]
         if self.policy.track_confirm:
             for detection, track in zip(detections, box_tracks, strict=True):
@@ -549,19 +570,49 @@ class HardCaseSelector:
         settled = _Settled()
         for i, (detection, track) in enumerate(zip(detections, box_tracks, strict=True)):
             in_band = bands.get(detection.label, default).contains(detection.score)
-            unsure = in_band and not (track.asked or track.confirmed_in == generation)
-            at_odds = i in lone_boxes and not track.asked
+            confirmed = track.confirmed_in == generation
+            unsure = in_band and not (asked[i] or confirmed)
+            at_odds = i in lone_boxes and not asked[i]
             young = (unsure or at_odds) and self._doubt(track, generation)
             settled.scores.append(not unsure or young)
             settled.disagree.append(not at_odds or young)
-            if in_band or i in lone_boxes:
-                settled.doubts.append((track, i not in lone_boxes))
+            if in_band or i in lone_boxes:  # a confirmation settles no disagreement
+                settled.doubts.append((asked[i], confirmed and i not in lone_boxes))
         for j, track in enumerate(pose_tracks):
-            at_odds = j in lone_poses and not track.asked
+            at_odds = j in lone_poses and not asked[len(detections) + j]
             settled.poses.append(not at_odds or self._doubt(track, generation))
             if j in lone_poses:
-                settled.doubts.append((track, False))
+                settled.doubts.append((asked[len(detections) + j], False))
         return settled
+
+    def _at_asked_places(self, tracks: Sequence[Track], frame_time: float) -> list[bool]:
+        """Per track, whether its box lies where a frame sent within ``dedup_window_s``
+        showed an object of its label (IoU >= ``place_iou``; all ``False`` when off)."""
+        placed = [False] * len(tracks)
+        if self.policy.place_iou <= 0 or not tracks:
+            return placed
+        horizon = frame_time - self.policy.dedup_window_s
+        recent = [(label, box) for seen, label, box in self._places if seen >= horizon]
+        for label in {t.label for t in tracks}:
+            mine = [k for k, t in enumerate(tracks) if t.label == label]
+            there = [box for other, box in recent if other == label]
+            if not there:
+                continue
+            overlap = iou_matrix(
+                np.asarray([tracks[k].box for k in mine], np.float64),
+                np.asarray(there, np.float64),
+            )
+            for row, k in enumerate(mine):
+                placed[k] = bool(overlap[row].max() >= self.policy.place_iou)
+        return placed
+
+    def _mark_asked(self, tracks: Sequence[Track] | None, frame_time: float) -> None:
+        """The frame goes to the cloud: every object on it has been asked about, and with
+        ``place_iou`` its place is remembered."""
+        for track in tracks or ():
+            track.asked = True
+            if self.policy.place_iou > 0:
+                self._places.append((frame_time, track.label, track.box))
 
     def _doubt(self, track: Track, generation: int) -> bool:
         """Count one more frame of doubt about ``track``'s object under ``generation``;
@@ -571,13 +622,14 @@ class HardCaseSelector:
         track.doubted += 1
         return track.doubted < self.policy.track_min_doubt
 
-    def _count_settled(self, doubts: Sequence[tuple[Track, bool]], generation: int) -> None:
-        """A frame with no reason: count why its doubtful objects were none."""
+    def _count_settled(self, doubts: Sequence[tuple[bool, bool]]) -> None:
+        """A frame with no reason: count why its doubtful objects (asked, confirmed) were
+        none."""
         if not doubts:
             return
-        if all(track.asked for track, _ in doubts):
+        if all(asked for asked, _ in doubts):
             self.stats.already_asked += 1  # only objects already asked about
-        elif all(t.asked or (confirms and t.confirmed_in == generation) for t, confirms in doubts):
+        elif all(asked or confirmed for asked, confirmed in doubts):
             self.stats.already_confirmed += 1  # ... or dips of confirmed objects
         else:
             self.stats.doubt_pending += 1  # ... or objects not yet doubted long enough
@@ -611,23 +663,17 @@ class HardCaseSelector:
 @dataclass
 class _Settled:
     """Per object of one frame, whether it is known (``HardCaseSelector._settle``), and
-    the objects doubted on it: each track with whether a confirmation settles it."""
+    for each object doubted on it whether it was asked about and whether confirmed."""
 
     scores: list[bool] = field(default_factory=list)
     disagree: list[bool] = field(default_factory=list)
     poses: list[bool] = field(default_factory=list)
-    doubts: list[tuple[Track, bool]] = field(default_factory=list)
+    doubts: list[tuple[bool, bool]] = field(default_factory=list)
 
 
 def _pose_box(person: Person) -> Detection:
     """A pose as a box for the pose tracker."""
     return Detection(box=person.box, label="pose", score=person.score)
-
-
-def _mark_asked(tracks: Sequence[Track] | None) -> None:
-    """The frame goes to the cloud: every object on it has been asked about."""
-    for track in tracks or ():
-        track.asked = True
 
 
 class HardCaseFeed:

@@ -372,3 +372,50 @@ def test_score_doubt_and_disagreement_add_up_once_per_frame() -> None:
     # Assert: three frames of doubt about one object, whatever each frame's doubt was
     assert [d.reasons for d in young] == [(), ()]
     assert third.hard and third.reasons == (Reason.POSE_SSD_DISAGREE,)
+
+
+# --- places already asked about (place_iou) --------------------------------------------------
+
+PLACES = dataclasses.replace(TRACKING, place_iou=0.5, dedup_window_s=60.0, track_max_age=1)
+
+
+def _flickering_door(selector: HardCaseSelector, frames: list[np.ndarray], t0: float) -> list[bool]:
+    # a still background box in the band on frames 0, 3, 6, ...: its track ends between
+    return [
+        selector.decide(image, [], [_det(100, 0.45)] if i % 3 == 0 else [], now=t0 + 0.1 * i).hard
+        for i, image in enumerate(frames)
+    ]
+
+
+def test_a_still_box_whose_track_restarts_is_asked_about_once() -> None:
+    selector = HardCaseSelector(PLACES, {"person"}, clock=FakeClock())
+    without = HardCaseSelector(
+        dataclasses.replace(PLACES, place_iou=0.0), {"person"}, clock=FakeClock()
+    )
+    frames = _frames(9)
+    assert _flickering_door(selector, frames, 0.0) == [True] + [False] * 8
+    assert selector.stats.already_asked == 2
+    assert _flickering_door(without, frames, 0.0) == [i % 3 == 0 for i in range(9)]
+
+
+def test_a_place_is_remembered_for_the_look_alike_window_only() -> None:
+    selector = HardCaseSelector(PLACES, {"person"}, clock=FakeClock())
+    assert _flickering_door(selector, _frames(4), 0.0) == [True, False, False, False]
+    # a minute later (dedup_window_s) the place has been forgotten: asked again, once
+    later = _flickering_door(selector, _frames(4, seed=1), 60.5)
+    assert later == [True, False, False, False]
+
+
+def test_a_new_box_elsewhere_or_of_another_label_is_still_asked() -> None:
+    selector = HardCaseSelector(PLACES, {"person", "dog"}, clock=FakeClock())
+    frames = _frames(5)
+    assert selector.decide(frames[0], [], [_det(100, 0.45)], now=0.0).hard
+    for i in (1, 2):
+        selector.decide(frames[i], [], [], now=0.1 * i)  # the track ends
+    assert selector.decide(frames[3], [], [_det(300, 0.45)], now=0.3).hard  # elsewhere
+    assert selector.decide(frames[4], [], [_det(100, 0.45, label="dog")], now=0.4).hard
+
+
+def test_place_iou_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="place_iou"):
+        HardCasePolicy(place_iou=1.5)

@@ -465,6 +465,8 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         raise ConfigError(f"--track-iou must lie in [0, 1], got {args.track_iou}")
     if args.track_doubt < 1:
         raise ConfigError(f"--track-doubt must be 1 or more, got {args.track_doubt}")
+    if not 0.0 <= args.place_iou <= 1.0:
+        raise ConfigError(f"--place-iou must lie in [0, 1], got {args.place_iou}")
     policy = HardCasePolicy(
         max_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
@@ -472,6 +474,7 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         track_confirm=args.track_confirm,
         track_min_doubt=args.track_doubt,
         ask_labels=parse_ask_labels(args.ask_labels),
+        place_iou=args.place_iou,
     )
     if not _top_down(args):
         return policy

@@ -1,6 +1,6 @@
 """Flags of hard-case selection shared by ``fedge edge``, ``fedge demo`` and the demo
-benchmark: tracking (``--track-iou``, ``--no-track-confirm``, ``--track-doubt``) and the
-labels the cloud is asked about (``--ask-labels``)."""
+benchmark: tracking (``--track-iou``, ``--no-track-confirm``, ``--track-doubt``,
+``--place-iou``) and the labels the cloud is asked about (``--ask-labels``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ ASK_ALL = "all"
 
 
 def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add ``--track-iou``, ``--no-track-confirm`` and ``--track-doubt`` to ``parser``
-    (``clients.hard_cases.HardCasePolicy``'s ``track_min_iou``, ``track_confirm`` and
-    ``track_min_doubt``)."""
+    """Add ``--track-iou``, ``--no-track-confirm``, ``--track-doubt`` and ``--place-iou`` to
+    ``parser`` (``clients.hard_cases.HardCasePolicy``'s ``track_min_iou``,
+    ``track_confirm``, ``track_min_doubt`` and ``place_iou``)."""
     parser.add_argument(
         "--track-iou",
         type=float,
@@ -42,6 +42,15 @@ def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         help="with tracking, ask about an object only once the running detector has been "
         "unsure of it on N frames (a score in the band while it was sure of it on none, or "
         "a box at odds with the pose estimator; default: 3; 1: on the first)",
+    )
+    parser.add_argument(
+        "--place-iou",
+        type=float,
+        default=0.5,
+        metavar="IOU",
+        help="with tracking, an object where a frame sent within the look-alike window "
+        "showed one of its label (IoU from IOU) counts as asked about: a still camera's "
+        "background box whose track restarts is not asked again (default: 0.5; 0: off)",
     )
 
 

@@ -103,6 +103,7 @@ class DemoOptions:
     track_confirm: bool = True
     track_doubt: int = 3
     ask_labels: tuple[str, ...] = ("person",)  # (): every label
+    place_iou: float = 0.5
     warm_worker: bool = True
     max_persons: int = 4
     seed: int = 0
@@ -149,6 +150,7 @@ def hard_case_policy(options: DemoOptions) -> HardCasePolicy:
         track_confirm=options.track_confirm,
         track_min_doubt=options.track_doubt,
         ask_labels=options.ask_labels,
+        place_iou=options.place_iou,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -175,8 +177,10 @@ def check_options(options: DemoOptions) -> None:
         raise ConfigError(f"--lr-decay must lie in (0, 1], got {options.lr_decay}")
     if options.dedup_distance < 0:
         raise ConfigError(f"--dedup-distance must be 0 or more, got {options.dedup_distance}")
-    if not 0.0 <= options.track_iou <= 1.0:
-        raise ConfigError(f"--track-iou must lie in [0, 1], got {options.track_iou}")
+    for name in ("track_iou", "place_iou"):
+        value = getattr(options, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
     for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons", "track_doubt"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
