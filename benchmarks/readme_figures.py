@@ -282,6 +282,14 @@ def _demo() -> str:
                 "demo_vtest_avx2",
                 "on the whole vtest.avi with tracking, on a 2-core AMD EPYC (AVX2)",
             ),
+            _demo_run(
+                "demo_clip_zen4",
+                "on the bundled clip, defaults, on a 2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
+            _demo_run(
+                "demo_vtest_zen4",
+                "on the whole vtest.avi, on a 2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
         ]
     )
 
