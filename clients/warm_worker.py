@@ -23,7 +23,9 @@ and weights on every call; ``tests/test_warm_worker.py`` checks the weights are 
   ``.npz`` (``allow_pickle=False``): no pickles.
 - **Failures**: an error of the task (a bad config, no examples yet) is raised again in
   the ClientApp as the same ``fedge`` error; a worker that cannot start or dies is
-  logged (its log sits beside the socket) and the ClientApp runs the task itself.
+  logged (its log sits beside the socket) and the ClientApp runs the task itself. The
+  log and lock of a worker that left are removed a week after its last log line
+  (``STALE_AFTER_S``), the next time any worker's files are looked up.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from fedge.core.run_config import RunConfig
 __all__ = [
     "IDLE_KEY",
     "REQUESTS_METRIC",
+    "STALE_AFTER_S",
     "WORKER_KEY",
     "WorkerTaskError",
     "WorkerUnavailableError",
@@ -72,6 +75,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 7 * 24 * 3600.0
+"""A worker's log and lock are removed this long after its last line once it has left."""
 
 WORKER_KEY = "warm-worker"
 IDLE_KEY = "warm-worker-idle-s"
@@ -165,7 +171,24 @@ def _private_folder() -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
         raise WorkerUnavailableError(f"{folder} is not private to this user: no worker")
+    _prune_stale(folder)
     return folder
+
+
+def _prune_stale(folder: Path, now: float | None = None) -> None:
+    """Remove the lock and log of workers that left (no socket) over ``STALE_AFTER_S`` ago:
+    a worker removes its socket and key when it leaves, and every owner process (each run
+    of a SuperNode) has workers of its own, so their files would pile up."""
+    cutoff = (time.time() if now is None else now) - STALE_AFTER_S
+    for log_file in folder.glob("*.log"):
+        socket = log_file.with_suffix(".sock")
+        try:
+            if socket.exists() or log_file.stat().st_mtime >= cutoff:
+                continue
+            log_file.unlink(missing_ok=True)
+            log_file.with_suffix(".lock").unlink(missing_ok=True)
+        except OSError:  # another process pruned it first
+            continue
 
 
 def worker_files(cfg: RunConfig, node: NodeSetup, owner: int | None = None) -> WorkerFiles:

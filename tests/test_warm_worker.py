@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from clients.tasks import get_task
+from clients.tasks.base import NodeSetup
 from clients.tasks.person_detector import NoExamplesError
 from clients.warm_worker import (
     REQUESTS_METRIC,
@@ -255,3 +256,30 @@ def test_a_socket_folder_others_can_read_is_refused(
     with pytest.raises(WorkerUnavailableError, match="not private to this user"):
         worker_hello(cfg, node)
     assert list((tmp_path / f"fedge-workers-{os.getuid()}").iterdir()) == []
+
+
+def test_the_files_of_workers_gone_a_week_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: a worker that left 8 days ago, one that left an hour ago, one still serving
+    import clients.warm_worker as warm
+
+    folder = tmp_path / f"fedge-workers-{os.getuid()}"
+    folder.mkdir(mode=0o700)
+    week = time.time() - warm.STALE_AFTER_S
+    files = {}
+    for name, age, serving in (("gone", week - 86400, False), ("recent", time.time() - 3600,
+                               False), ("serving", week - 86400, True)):  # fmt: skip
+        for ext in ("log", "lock") + (("sock",) if serving else ()):
+            path = folder / f"{name}.{ext}"
+            path.write_text("")
+            os.utime(path, (age, age))
+        files[name] = {p.name for p in folder.glob(f"{name}.*")}
+    monkeypatch.setattr(warm.tempfile, "gettempdir", lambda: str(tmp_path))
+
+    # Execute: any worker lookup opens the folder
+    warm.worker_files(RunConfig(), NodeSetup(0, 2, {"partition-id": 0}))
+
+    # Assert: only the long-gone worker's files went
+    left = {p.name for p in folder.iterdir()}
+    assert left == files["recent"] | files["serving"]
