@@ -1,5 +1,5 @@
-"""Whether a loopback port is free, and the processes a test started (by port, FLWR_HOME
-or path)."""
+"""Whether a loopback port accepts connections, and the processes a test started (by
+port, FLWR_HOME or path); whether a port is free: ``fedge.core.ports.port_is_free``."""
 
 from __future__ import annotations
 
@@ -12,22 +12,9 @@ from pathlib import Path
 __all__ = [
     "accepts_connections",
     "deployment_processes",
-    "port_is_free",
     "processes_mentioning",
     "start_as_background_job",
 ]
-
-
-def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
-    """Whether a server could bind ``port``; ``reuse_address`` ignores TIME_WAIT leftovers."""
-    with socket.socket() as sock:
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def accepts_connections(port: int) -> bool:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import APP_DIR
-from ports import accepts_connections, deployment_processes, port_is_free
+from ports import accepts_connections, deployment_processes
 
-from fedge.core.ports import free_port_block
+from fedge.core.ports import free_port_block, port_is_free
 from server.metrics_log import read_metrics
 
 SCRIPT = APP_DIR / "scripts" / "local-deployment.sh"

@@ -18,7 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["RESERVATION_S", "ephemeral_port_range", "free_port", "free_port_block"]
+__all__ = [
+    "RESERVATION_S",
+    "ephemeral_port_range",
+    "free_port",
+    "free_port_block",
+    "port_is_free",
+]
 
 RESERVATION_S = 600.0
 """How long a picked port stays reserved against other fedge pickers."""
@@ -46,8 +52,12 @@ def _candidate_range() -> range:
     return below if len(below) >= len(above) else above
 
 
-def _bindable(port: int) -> bool:
+def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
+    """Whether a server could bind 127.0.0.1:``port`` now; ``reuse_address`` ignores
+    connections of an earlier server left in TIME_WAIT."""
     with socket.socket() as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -102,7 +112,7 @@ def free_port_block(count: int) -> int:
     for _ in range(200):
         base = pick.randrange(candidates.start, candidates.stop - count + 1)
         ports = range(base, base + count)
-        if not all(_bindable(p) for p in ports):
+        if not all(port_is_free(p) for p in ports):
             continue
         claimed = []
         for port in ports:
