@@ -389,7 +389,9 @@ def test_bad_uplink_flags_exit_2_with_one_line(args: list[str], message: str) ->
 
 def _faces_folder(folder: Path, count: int) -> None:
     """Clip frames with a real face pasted at a different place in each: hard cases (the
-    face detector is unsure of it, or finds it where the pose finds nobody)."""
+    face detector is unsure of it, or finds it where the pose finds nobody) when the node
+    judges every frame on its own (``--track-iou 0``: with tracking, a face that jumps
+    elsewhere on every frame is a new object each time, never in doubt for 3 frames)."""
     face = cv2.imread(str(REPO / "tests" / "assets" / "face_messi5_crop.jpg"))
     folder.mkdir(parents=True)
     for k, image in enumerate(clip_frames([20 * i for i in range(count)])):
@@ -411,7 +413,7 @@ def test_killed_node_delivers_every_hard_case_once_when_the_cloud_comes_back(
     common = [
         "--store-dir", str(store_dir), "--model-dir", str(model_dir), "--pose-workers", "1",
         "--hard-per-minute", "60000", "--quiet", "--privacy", "landmarks", "--insecure",
-        "--node-id", "node-a",
+        "--node-id", "node-a", "--track-iou", "0",
     ]  # fmt: skip
     with TcpRecorder() as proxy:
         first_jsonl = tmp_path / "first.jsonl"
