@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         track_doubt=args.track_doubt,
         ask_labels=parse_ask_labels(args.ask_labels),
         place_iou=args.place_iou,
+        place_change=args.place_change,
         warm_worker=args.warm_worker,
         app_dir=REPO,
     )
@@ -423,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f", places of sent objects remembered (IoU {args.place_iou:g})"
             if args.track_iou and args.place_iou
+            else ""
+        )
+        + (
+            f", places sent unchanged (at most {args.place_change:g} grey levels) asked"
+            if args.track_iou and args.place_change
             else ""
         )
         + f", hard cases about {args.ask_labels} boxes once a person detector runs"

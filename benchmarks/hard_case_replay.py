@@ -1,5 +1,5 @@
-"""Hard-case replay: which frames each ``--track-doubt``, ``--ask-labels`` and ``--place-iou``
-would have sent, on a finished demo.
+"""Hard-case replay: which frames each ``--track-doubt``, ``--ask-labels``, ``--place-iou`` and
+``--place-change`` would have sent, on a finished demo.
 
 The edge's hard-case selector decides from what the node's models found on each frame.
 A finished ``fedge demo`` run keeps that in every site's frame store (its ``--out``
@@ -8,7 +8,8 @@ motion boxes, its poses and its time, and the source frames beside them. This
 benchmark runs ``clients.hard_cases.HardCaseSelector`` again over those records, site by
 site and stretch by stretch, as the demo's site agents ran it (cold start on stretch 0,
 then each version's calibrated band from its manifest), once per ``track_min_doubt``
-value, ``ask_labels`` choice and ``place_iou``, and counts per round the frames that qualify and the
+value, ``ask_labels`` choice, ``place_iou`` and ``place_max_change``, and counts per round the
+frames that qualify and the
 frames that would have gone to the cloud (after the look-alike check and the rate limit).
 
 What it does not show: the models are those of the run, so a value that sends other
@@ -22,8 +23,8 @@ Results go to ``benchmarks/results/NAME.{md,csv}`` (``--name``, default
 Usage::
 
     python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--ask person]
-        [--place 0 0.5] [--run-doubt 3] [--run-ask person] [--run-place 0.5] [--run TEXT]
-        [--name NAME]
+        [--place 0 0.5] [--change 0 8] [--run-doubt 3] [--run-ask person] [--run-place 0.5]
+        [--run-change 8] [--run TEXT] [--name NAME]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ COLUMNS = (
     "doubt frames",
     "ask labels",
     "place IoU",
+    "place change",
     "round",
     "frames",
     "qualify",
@@ -164,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--place", type=float, nargs="+", default=[0.0, 0.5], help="--place-iou")
     parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
     parser.add_argument("--run-ask", default="person", help="the run's --ask-labels")
-    parser.add_argument("--run-place", type=float, default=0.5, help="the run's --place-iou")
+    parser.add_argument("--run-place", type=float, default=0.0, help="the run's --place-iou")
+    parser.add_argument(
+        "--change", type=float, nargs="+", default=[0.0, 8.0], help="--place-change values"
+    )
+    parser.add_argument(
+        "--run-change", type=float, default=8.0, help="the run's --place-change (0: off)"
+    )
     parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
@@ -194,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     sites = [_records(args.work, site) for site in plan["sites"]]
     base = hard_case_policy(DemoOptions(source=Path("-"), out=Path("-")))  # the defaults
     rows = []
-    variants = [(d, a, p) for p in args.place for a in args.ask for d in args.doubt]
-    for doubt, ask, place in variants:
+    variants = [
+        (d, a, p, c) for c in args.change for p in args.place for a in args.ask for d in args.doubt
+    ]
+    for doubt, ask, place, change in variants:
         policy = dataclasses.replace(
-            base, track_min_doubt=doubt, ask_labels=parse_ask_labels(ask), place_iou=place
+            base,
+            track_min_doubt=doubt,
+            ask_labels=parse_ask_labels(ask),
+            place_iou=place,
+            place_max_change=change,
         )
         counts = [replay_site(policy, stretches, bands) for stretches in sites]
         for r in range(plan["rounds"] + 1):
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     "doubt frames": doubt,
                     "ask labels": ask,
                     "place IoU": f"{place:g}",
+                    "place change": f"{change:g}",
                     "round": r,
                     "frames": sum(c.frames for c in per),
                     "qualify": sum(c.qualify for c in per),
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu_model()}, Python {platform.python_version()}; the demo {args.run or args.work.name} "
         f"({plan['frames']} frames, {len(plan['sites'])} sites, {plan['rounds']} rounds, run "
         f"with --track-doubt {args.run_doubt} --ask-labels {args.run_ask} --place-iou "
-        f"{args.run_place:g}); the selector "
+        f"{args.run_place:g} --place-change {args.run_change:g}); the selector "
         "replayed over the frame records its sites stored, with the demo's other hard-case "
         "defaults and each version's band; selection only (the models are the run's); "
         "*same as run*: frames whose replayed verdict equals the stored one (all, for the "
@@ -227,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - started:.0f} s. Regenerate: run the demo with "
         "`python benchmarks/demo_loop.py ... --work WORK`, then "
         f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt} "
-        f"--run-ask {args.run_ask} --run-place {args.run_place:g} --doubt "
+        f"--run-ask {args.run_ask} --run-place {args.run_place:g} "
+        f"--run-change {args.run_change:g} --doubt "
         + " ".join(str(d) for d in args.doubt)
         + " --ask "
         + " ".join(args.ask)
         + " --place "
         + " ".join(f"{p:g}" for p in args.place)
+        + " --change "
+        + " ".join(f"{c:g}" for c in args.change)
         + ("" if args.name == "hard_case_replay" else f" --name {args.name}")
         + "`"
     )

@@ -61,6 +61,22 @@ one starts in the same place, and without this memory each new track would ask t
 cloud again about a place it has already labelled. The cost: someone standing exactly
 where an object was asked about within the window is taken as asked while they stay.
 
+With ``policy.place_max_change`` > 0 the selector also keeps a small grey copy of each
+frame it sent (``VIEWS_KEPT`` at most, ``VIEW_SIDE`` pixels on the long side) and the
+boxes of its objects: a box (or pose) that lies inside one of them grown by
+``place_margin`` of its size on every side (what a ``crops`` case shows the cloud with the
+privacy filter's default padding), on a frame sent within ``dedup_window_s``, and whose
+pixels there differ from that frame's by at most ``place_max_change`` grey levels on
+average (each region's own mean taken out, so a change of light is no change), counts as
+asked about: the cloud has seen exactly this there, whatever box shape a new detector
+version draws around it. On the demo clip a window at the top of the view differs by 1.5
+to 4 grey levels from frames sent a few seconds before, and a box around a walking
+person by 15 to 110 from the frame before it, so ``fedge edge``'s default 8 keeps them
+apart. Unlike ``place_iou`` it does not take someone who steps into such a place as
+asked about: they change its pixels. (Where a ``crops`` case had more person boxes
+than the privacy filter's ``max_crops``, the smallest were not shown; the rule, like
+``asked``, takes every object on a sent frame as shown.)
+
 With ``policy.ask_labels`` (e.g. ``("person",)``, what the cloud's teacher labels), once
 the node runs a detector of one of those labels (``detector_labels`` has it: after the
 first person detector is installed) only boxes of those labels take part: an uncertain
@@ -102,12 +118,15 @@ __all__ = [
     "HardCasePolicy",
     "HardCaseSelector",
     "PLACES_KEPT",
+    "PLACE_INSIDE",
     "Reason",
     "ScoreBand",
     "SelectorStats",
     "Suppression",
     "TOKEN_TOLERANCE",
     "TokenBucket",
+    "VIEWS_KEPT",
+    "VIEW_SIDE",
     "dhash",
     "disagreements",
     "find_hard_reasons",
@@ -118,6 +137,12 @@ TOKEN_TOLERANCE = 1e-3
 """How much short of a whole token still counts as one (``TokenBucket``)."""
 PLACES_KEPT = 1024
 """Places of sent objects a selector remembers at most (``HardCasePolicy.place_iou``)."""
+VIEWS_KEPT = 64
+"""Sent frames whose grey copy a selector keeps at most (``HardCasePolicy.place_max_change``)."""
+VIEW_SIDE = 320
+"""Long side, in pixels, of the grey copies the unchanged-place rule compares."""
+PLACE_INSIDE = 0.9
+"""Share of a box inside a sent object's grown box for the unchanged-place rule."""
 Clock = Callable[[], float]  # seconds, e.g. time.monotonic
 
 
@@ -201,12 +226,20 @@ class HardCasePolicy:
     track_min_doubt: int = 1  # with tracking: frames of doubt before an object is a reason
     ask_labels: tuple[str, ...] = ()  # out of cold start, only these labels' boxes count
     place_iou: float = 0.0  # with tracking, > 0: a box where a sent frame showed one is asked
+    place_max_change: float = 0.0  # with tracking, > 0: ... or a sent frame showed it unchanged
+    place_margin: float = 0.5  # a sent box grown by this share of its size on every side
 
     def __post_init__(self) -> None:
         if self.track_min_doubt < 1:
             raise ValueError(f"track_min_doubt must be 1 or more, got {self.track_min_doubt}")
         if not 0.0 <= self.place_iou <= 1.0:
             raise ValueError(f"place_iou must lie in [0, 1], got {self.place_iou}")
+        if not 0.0 <= self.place_max_change <= 255.0:
+            raise ValueError(
+                f"place_max_change must lie in [0, 255] grey levels, got {self.place_max_change}"
+            )
+        if self.place_margin < 0.0:
+            raise ValueError(f"place_margin must be 0 or more, got {self.place_margin}")
 
     @property
     def band(self) -> ScoreBand:
@@ -452,6 +485,7 @@ class HardCaseSelector:
         )
         self._generation = 0  # bumped by set_band: confirmations count within one version
         self._places: deque[tuple[float, str, Box]] = deque(maxlen=PLACES_KEPT)
+        self._views: deque[_View] = deque(maxlen=VIEWS_KEPT)
 
     @property
     def bands(self) -> dict[str, ScoreBand]:
@@ -502,7 +536,9 @@ class HardCaseSelector:
         else:
             tracks = self._tracker.update(detections)
             tracks += self._pose_tracker.update([_pose_box(p) for p in persons])
-            settled = self._settle(persons, detections, tracks, bands, generation, frame_time)
+            settled = self._settle(
+                image, persons, detections, tracks, bands, generation, frame_time
+            )
             reasons = find_hard_reasons(
                 persons,
                 detections,
@@ -520,7 +556,7 @@ class HardCaseSelector:
                 return HardCaseDecision()
             decision = self._cold_start_sample(image, frame_time)
             if decision.hard:
-                self._mark_asked(tracks, frame_time)
+                self._mark_asked(tracks, frame_time, image)
             return decision
         if not reasons:
             return HardCaseDecision()
@@ -535,11 +571,12 @@ class HardCaseSelector:
             return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
-        self._mark_asked(tracks, frame_time)
+        self._mark_asked(tracks, frame_time, image)
         return HardCaseDecision(reasons)
 
     def _settle(
         self,
+        image: np.ndarray,
         persons: Sequence[Person],
         detections: Sequence[Detection],
         tracks: Sequence[Track],
@@ -555,7 +592,8 @@ class HardCaseSelector:
         unsettled uncertain score or disagreement) on fewer than ``track_min_doubt``
         frames, this one included. An object counts as asked about when its track was, or
         (``place_iou``) when it stands where a frame sent within ``dedup_window_s`` showed
-        an object of its label."""
+        an object of its label, or (``place_max_change``) when such a frame showed its
+        place unchanged."""
         default = self.policy.band
         placed = self._at_asked_places(tracks, frame_time)
         asked = [t.asked or here for t, here in zip(tracks, placed, strict=True)]
@@ -567,6 +605,22 @@ class HardCaseSelector:
         lone_boxes, lone_poses = disagreements(
             persons, detections, self.policy, self.detector_labels
         )
+        doubtful = [  # objects that would be a reason unless asked about
+            k
+            for k, track in enumerate(tracks)
+            if not asked[k]
+            and (
+                k in lone_boxes
+                or k - len(detections) in lone_poses
+                or (
+                    k < len(detections)
+                    and bands.get(detections[k].label, default).contains(detections[k].score)
+                    and track.confirmed_in != generation
+                )
+            )
+        ]
+        for k in self._shown_unchanged(image, [tracks[k] for k in doubtful], frame_time):
+            asked[doubtful[k]] = True
         settled = _Settled()
         for i, (detection, track) in enumerate(zip(detections, box_tracks, strict=True)):
             in_band = bands.get(detection.label, default).contains(detection.score)
@@ -606,13 +660,45 @@ class HardCaseSelector:
                 placed[k] = bool(overlap[row].max() >= self.policy.place_iou)
         return placed
 
-    def _mark_asked(self, tracks: Sequence[Track] | None, frame_time: float) -> None:
+    def _shown_unchanged(
+        self, image: np.ndarray, tracks: Sequence[Track], frame_time: float
+    ) -> list[int]:
+        """The indices of ``tracks`` whose box lies inside a sent object's grown box of its
+        label, on a frame sent within ``dedup_window_s`` that showed the box's pixels
+        changed by at most ``place_max_change`` (none when off)."""
+        if self.policy.place_max_change <= 0 or not tracks:
+            return []
+        horizon = frame_time - self.policy.dedup_window_s
+        views = [v for v in reversed(self._views) if v.time >= horizon]
+        if not views:
+            return []
+        grey, scale = _grey_view(image)
+        limit = self.policy.place_max_change
+        shown = []
+        for k, track in enumerate(tracks):
+            for view in views:
+                if view.grey.shape != grey.shape or not any(
+                    label == track.label and _inside(track.box, box) >= PLACE_INSIDE
+                    for label, box in view.boxes
+                ):
+                    continue
+                if _region_change(grey, view.grey, track.box, scale) <= limit:
+                    shown.append(k)
+                    break
+        return shown
+
+    def _mark_asked(
+        self, tracks: Sequence[Track] | None, frame_time: float, image: np.ndarray
+    ) -> None:
         """The frame goes to the cloud: every object on it has been asked about, and with
-        ``place_iou`` its place is remembered."""
+        ``place_iou`` its place is remembered, with ``place_max_change`` its grey view."""
         for track in tracks or ():
             track.asked = True
             if self.policy.place_iou > 0:
                 self._places.append((frame_time, track.label, track.box))
+        if tracks and self.policy.place_max_change > 0:
+            grown = [(t.label, _grown(t.box, self.policy.place_margin)) for t in tracks]
+            self._views.append(_View(frame_time, *_grey_view(image), grown))
 
     def _doubt(self, track: Track, generation: int) -> bool:
         """Count one more frame of doubt about ``track``'s object under ``generation``;
@@ -669,6 +755,49 @@ class _Settled:
     disagree: list[bool] = field(default_factory=list)
     poses: list[bool] = field(default_factory=list)
     doubts: list[tuple[bool, bool]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _View:
+    """A sent frame as the unchanged-place rule remembers it: its time, its grey copy and
+    its objects' grown boxes by label (frame pixels)."""
+
+    time: float
+    grey: np.ndarray
+    scale: float
+    boxes: list[tuple[str, Box]]
+
+
+def _grey_view(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """``image`` in grey (float32), scaled so that its long side is at most ``VIEW_SIDE``,
+    and the scale."""
+    import cv2
+
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    scale = min(1.0, VIEW_SIDE / max(grey.shape[:2]))
+    if scale < 1.0:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return grey.astype(np.float32), scale
+
+
+def _region_change(now: np.ndarray, then: np.ndarray, box: Box, scale: float) -> float:
+    """Mean absolute grey difference inside ``box`` (frame pixels; ``scale``: view pixels
+    per frame pixel) between two grey views of one frame size, each region's own mean
+    taken out; infinite for a region under 2x2 view pixels."""
+    height, width = now.shape[:2]
+    x1, x2 = (min(max(int(round(v * scale)), 0), width) for v in (box[0], box[2]))
+    y1, y2 = (min(max(int(round(v * scale)), 0), height) for v in (box[1], box[3]))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return float("inf")
+    a, b = now[y1:y2, x1:x2], then[y1:y2, x1:x2]
+    return float(np.abs((a - a.mean()) - (b - b.mean())).mean())
+
+
+def _grown(box: Box, margin: float) -> Box:
+    """``box`` grown by ``margin`` of its width and height on every side."""
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    return (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
 
 
 def _pose_box(person: Person) -> Detection:

@@ -113,6 +113,7 @@ def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
         ("--track-iou", "-0.1", "--track-iou must lie in [0, 1], got -0.1"),
         ("--track-doubt", "0", "--track-doubt must be 1 or more"),
         ("--place-iou", "2", "--place-iou must lie in [0, 1], got 2.0"),
+        ("--place-change", "300", "--place-change must lie in [0, 255], got 300.0"),
         ("--ask-labels", " , ", "--ask-labels needs a label or 'all'"),
     ],
 )

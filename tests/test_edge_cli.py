@@ -132,6 +132,7 @@ def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
         ("--track-iou", "1.5", "--track-iou must lie in [0, 1], got 1.5"),
         ("--track-doubt", "0", "--track-doubt must be 1 or more, got 0"),
         ("--place-iou", "-1", "--place-iou must lie in [0, 1], got -1.0"),
+        ("--place-change", "-1", "--place-change must lie in [0, 255], got -1.0"),
         ("--ask-labels", ",", "--ask-labels needs a label or 'all', got ','"),
     ],
 )

@@ -419,3 +419,96 @@ def test_a_new_box_elsewhere_or_of_another_label_is_still_asked() -> None:
 def test_place_iou_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="place_iou"):
         HardCasePolicy(place_iou=1.5)
+
+
+# --- places shown unchanged (place_max_change) -----------------------------------------------
+
+UNCHANGED = dataclasses.replace(
+    TRACKING, place_max_change=8.0, dedup_window_s=60.0, track_max_age=1
+)
+DOOR = (200.0, 40.0, 230.0, 120.0)  # a still background box in the right half
+DOOR_REDRAWN = (196.0, 30.0, 234.0, 128.0)  # a new version's box there: IoU 0.64
+
+
+def _scene(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Frames of one still camera: the right half is the same background on every frame,
+    the left half changes (people passing: no two frames look alike to the dHash)."""
+    rng = np.random.default_rng(seed)
+    still = rng.integers(0, 256, (240, 160, 3), dtype=np.uint8)
+    return [
+        np.concatenate([rng.integers(0, 256, (240, 160, 3), dtype=np.uint8), still], axis=1)
+        for _ in range(count)
+    ]
+
+
+def _box(box: tuple[float, float, float, float], score: float = 0.45) -> Detection:
+    return Detection(box=box, label="person", score=score)
+
+
+def _ask_then(selector: HardCaseSelector, later: np.ndarray, box: Detection) -> list[bool]:
+    """The door on a frame (sent), two frames without it (its track ends), then ``box`` on
+    ``later``: which frames were hard."""
+    frames = _scene(3)
+    boxes = [[_box(DOOR)], [], []]
+    hard = [
+        selector.decide(f, [], b, now=0.1 * i).hard
+        for i, (f, b) in enumerate(zip(frames, boxes, strict=True))
+    ]
+    return hard + [selector.decide(later, [], [box], now=0.3).hard]
+
+
+def test_a_place_shown_unchanged_is_not_asked_again_whatever_box_a_version_draws() -> None:
+    later = _scene(4)[3]
+    selector = HardCaseSelector(UNCHANGED, {"person"}, clock=FakeClock())
+    assert _ask_then(selector, later, _box(DOOR_REDRAWN)) == [True, False, False, False]
+    assert selector.stats.already_asked == 1
+    # without the rule (and with the IoU rule's 0.7, which the new box misses) it asks again
+    off = dataclasses.replace(UNCHANGED, place_max_change=0.0, place_iou=0.7)
+    again = HardCaseSelector(off, {"person"}, clock=FakeClock())
+    assert _ask_then(again, later, _box(DOOR_REDRAWN)) == [True, False, False, True]
+
+
+def test_someone_stepping_into_a_place_shown_before_is_asked_about() -> None:
+    later = _scene(4)[3].copy()
+    x1, y1, x2, y2 = (int(v) for v in DOOR)
+    later[y1:y2, x1:x2] = np.random.default_rng(7).integers(0, 256, (y2 - y1, x2 - x1, 3))
+    selector = HardCaseSelector(UNCHANGED, {"person"}, clock=FakeClock())
+    assert _ask_then(selector, later, _box(DOOR)) == [True, False, False, True]
+
+
+def test_a_change_of_light_over_a_place_is_no_change() -> None:
+    later = np.clip(_scene(4)[3].astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    selector = HardCaseSelector(UNCHANGED, {"person"}, clock=FakeClock())
+    assert _ask_then(selector, later, _box(DOOR_REDRAWN)) == [True, False, False, False]
+
+
+def test_an_unchanged_place_the_cloud_was_not_shown_is_asked_about() -> None:
+    later = _scene(4)[3]
+    elsewhere = (260.0, 140.0, 290.0, 220.0)  # still background too, far from the door's box
+    selector = HardCaseSelector(UNCHANGED, {"person"}, clock=FakeClock())
+    assert _ask_then(selector, later, _box(elsewhere)) == [True, False, False, True]
+
+
+def test_a_place_shown_unchanged_is_remembered_for_the_look_alike_window_only() -> None:
+    frames = _scene(5)
+    selector = HardCaseSelector(UNCHANGED, {"person"}, clock=FakeClock())
+    assert selector.decide(frames[0], [], [_box(DOOR)], now=0.0).hard
+    for i in (1, 2):
+        selector.decide(frames[i], [], [], now=0.1 * i)
+    assert not selector.decide(frames[3], [], [_box(DOOR_REDRAWN)], now=59.0).hard
+    for i in (1, 2):
+        selector.decide(frames[i], [], [], now=59.0 + 0.1 * i)
+    assert selector.decide(frames[4], [], [_box(DOOR_REDRAWN)], now=60.5).hard
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("place_max_change", -1.0, "place_max_change"),
+        ("place_max_change", 256.0, "place_max_change"),
+        ("place_margin", -0.1, "place_margin"),
+    ],
+)
+def test_bad_unchanged_place_knobs_are_refused(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HardCasePolicy(**{field: value})

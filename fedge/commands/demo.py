@@ -205,6 +205,7 @@ def _run(args: argparse.Namespace) -> int:
         track_doubt=args.track_doubt,
         ask_labels=parse_ask_labels(args.ask_labels),
         place_iou=args.place_iou,
+        place_change=args.place_change,
         warm_worker=args.warm_worker,
         cold_start_share=args.cold_start_share,
         max_persons=args.max_persons,

@@ -467,6 +467,8 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         raise ConfigError(f"--track-doubt must be 1 or more, got {args.track_doubt}")
     if not 0.0 <= args.place_iou <= 1.0:
         raise ConfigError(f"--place-iou must lie in [0, 1], got {args.place_iou}")
+    if not 0.0 <= args.place_change <= 255.0:
+        raise ConfigError(f"--place-change must lie in [0, 255], got {args.place_change}")
     policy = HardCasePolicy(
         max_per_minute=args.hard_per_minute,
         cold_start_per_minute=args.cold_start_per_minute,
@@ -475,6 +477,7 @@ def _hard_case_policy(args: argparse.Namespace) -> HardCasePolicy:
         track_min_doubt=args.track_doubt,
         ask_labels=parse_ask_labels(args.ask_labels),
         place_iou=args.place_iou,
+        place_max_change=args.place_change,
     )
     if not _top_down(args):
         return policy

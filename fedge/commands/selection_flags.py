@@ -1,6 +1,6 @@
 """Flags of hard-case selection shared by ``fedge edge``, ``fedge demo`` and the demo
 benchmark: tracking (``--track-iou``, ``--no-track-confirm``, ``--track-doubt``,
-``--place-iou``) and the labels the cloud is asked about (``--ask-labels``)."""
+``--place-iou``, ``--place-change``) and the labels the cloud is asked about (``--ask-labels``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ ASK_ALL = "all"
 
 
 def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add ``--track-iou``, ``--no-track-confirm``, ``--track-doubt`` and ``--place-iou`` to
-    ``parser`` (``clients.hard_cases.HardCasePolicy``'s ``track_min_iou``,
-    ``track_confirm``, ``track_min_doubt`` and ``place_iou``)."""
+    """Add ``--track-iou``, ``--no-track-confirm``, ``--track-doubt``, ``--place-iou`` and
+    ``--place-change`` to ``parser`` (``clients.hard_cases.HardCasePolicy``'s
+    ``track_min_iou``, ``track_confirm``, ``track_min_doubt``, ``place_iou`` and
+    ``place_max_change``)."""
     parser.add_argument(
         "--track-iou",
         type=float,
@@ -46,11 +47,23 @@ def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument(
         "--place-iou",
         type=float,
-        default=0.5,
+        default=0.0,
         metavar="IOU",
         help="with tracking, an object where a frame sent within the look-alike window "
-        "showed one of its label (IoU from IOU) counts as asked about: a still camera's "
-        "background box whose track restarts is not asked again (default: 0.5; 0: off)",
+        "showed one of its label (IoU from IOU) counts as asked about, even if someone has "
+        "stepped in since (default: 0, off: --place-change does this without that cost)",
+    )
+    parser.add_argument(
+        "--place-change",
+        type=float,
+        default=8.0,
+        metavar="GREY",
+        help="with tracking, an object inside what a frame sent within the look-alike "
+        "window showed (its objects' boxes grown by half on every side), with pixels there "
+        "changed by at most GREY grey levels on average since, counts as asked about: a "
+        "still camera's background box is not asked again when its track restarts or a "
+        "new model version draws it anew; someone stepping in changes the pixels "
+        "(default: 8; 0: off)",
     )
 
 

@@ -103,7 +103,8 @@ class DemoOptions:
     track_confirm: bool = True
     track_doubt: int = 3
     ask_labels: tuple[str, ...] = ("person",)  # (): every label
-    place_iou: float = 0.5
+    place_iou: float = 0.0
+    place_change: float = 8.0
     warm_worker: bool = True
     max_persons: int = 4
     seed: int = 0
@@ -151,6 +152,7 @@ def hard_case_policy(options: DemoOptions) -> HardCasePolicy:
         track_min_doubt=options.track_doubt,
         ask_labels=options.ask_labels,
         place_iou=options.place_iou,
+        place_max_change=options.place_change,
     )
     checks = tuple(
         dataclasses.replace(c, max_posed=options.max_persons) if c.label == "person" else c
@@ -181,6 +183,8 @@ def check_options(options: DemoOptions) -> None:
         value = getattr(options, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+    if not 0.0 <= options.place_change <= 255.0:
+        raise ConfigError(f"--place-change must lie in [0, 255], got {options.place_change}")
     for name in ("sites", "rounds", "local_epochs", "batch_size", "max_persons", "track_doubt"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
