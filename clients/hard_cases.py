@@ -130,6 +130,9 @@ __all__ = [
     "dhash",
     "disagreements",
     "find_hard_reasons",
+    "grey_view",
+    "grown_box",
+    "region_change",
 ]
 
 Box = tuple[float, float, float, float]
@@ -672,7 +675,7 @@ class HardCaseSelector:
         views = [v for v in reversed(self._views) if v.time >= horizon]
         if not views:
             return []
-        grey, scale = _grey_view(image)
+        grey, scale = grey_view(image)
         limit = self.policy.place_max_change
         shown = []
         for k, track in enumerate(tracks):
@@ -682,7 +685,7 @@ class HardCaseSelector:
                     for label, box in view.boxes
                 ):
                     continue
-                if _region_change(grey, view.grey, track.box, scale) <= limit:
+                if region_change(grey, view.grey, track.box, scale) <= limit:
                     shown.append(k)
                     break
         return shown
@@ -697,8 +700,8 @@ class HardCaseSelector:
             if self.policy.place_iou > 0:
                 self._places.append((frame_time, track.label, track.box))
         if tracks and self.policy.place_max_change > 0:
-            grown = [(t.label, _grown(t.box, self.policy.place_margin)) for t in tracks]
-            self._views.append(_View(frame_time, *_grey_view(image), grown))
+            grown = [(t.label, grown_box(t.box, self.policy.place_margin)) for t in tracks]
+            self._views.append(_View(frame_time, *grey_view(image), grown))
 
     def _doubt(self, track: Track, generation: int) -> bool:
         """Count one more frame of doubt about ``track``'s object under ``generation``;
@@ -768,7 +771,7 @@ class _View:
     boxes: list[tuple[str, Box]]
 
 
-def _grey_view(image: np.ndarray) -> tuple[np.ndarray, float]:
+def grey_view(image: np.ndarray) -> tuple[np.ndarray, float]:
     """``image`` in grey (float32), scaled so that its long side is at most ``VIEW_SIDE``,
     and the scale."""
     import cv2
@@ -780,7 +783,7 @@ def _grey_view(image: np.ndarray) -> tuple[np.ndarray, float]:
     return grey.astype(np.float32), scale
 
 
-def _region_change(now: np.ndarray, then: np.ndarray, box: Box, scale: float) -> float:
+def region_change(now: np.ndarray, then: np.ndarray, box: Box, scale: float) -> float:
     """Mean absolute grey difference inside ``box`` (frame pixels; ``scale``: view pixels
     per frame pixel) between two grey views of one frame size, each region's own mean
     taken out; infinite for a region under 2x2 view pixels."""
@@ -793,7 +796,7 @@ def _region_change(now: np.ndarray, then: np.ndarray, box: Box, scale: float) ->
     return float(np.abs((a - a.mean()) - (b - b.mean())).mean())
 
 
-def _grown(box: Box, margin: float) -> Box:
+def grown_box(box: Box, margin: float) -> Box:
     """``box`` grown by ``margin`` of its width and height on every side."""
     x1, y1, x2, y2 = box
     dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
