@@ -224,6 +224,8 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
                 assert value is None, (key, value)  # cold start: no detector, no calibration
             else:
                 assert value is None or (math.isfinite(value) and value >= 0), (key, value)
+        band = line["uncertainty_band"]  # the running version's; none in cold start
+        assert band is None if line["round"] == 0 else band is None or 0 <= band[0] <= band[1] <= 1
     assert lines[0]["model_version"].startswith("none")
     assert [line["model_version"] for line in lines[1:]] == [
         "person-detector-v1",
@@ -315,3 +317,11 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     assert code == 130
     assert not (out / "report.md").exists()  # stopped by the signal, not run to its end
     assert processes_mentioning(out) == []
+
+
+def test_the_report_says_when_a_version_s_band_is_empty() -> None:
+    from fedge.demo.report import _band_text
+
+    assert _band_text(None) == "—"
+    assert _band_text([0.25, 0.45]) == "0.25–0.45"
+    assert _band_text([0.5, 0.5]) == "empty (0.5)"

@@ -116,6 +116,14 @@ def _per_frame(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def _band_text(band: list[float] | None) -> str:
+    """``0.25–0.45``, ``empty (0.5)`` or ``—`` (cold start, no calibration)."""
+    if band is None:
+        return "—"
+    low, high = band
+    return f"empty ({low:g})" if high <= low else f"{low:g}–{high:g}"
+
+
 def _selection_table(rounds: list[dict[str, Any]]) -> list[str]:
     """Why frames were hard, held back or uploaded, and how unsure the model running was."""
     lines = [
@@ -137,18 +145,21 @@ def _selection_table(rounds: list[dict[str, Any]]) -> list[str]:
         "boxes* and *expected wrong boxes* are per processed frame, for the version running "
         "(— in cold start): the second sums, over a frame's person boxes, the chance its "
         "calibration gives that the node's keep-or-drop decision on the box is wrong (people "
-        "with no box at all are not counted).",
+        "with no box at all are not counted). *Band*: the version's uncertainty band; "
+        "where it is empty, no score could make a frame hard, so that round's hard-case "
+        "rate says nothing about how sure the version was.",
         "",
-        "| round | frames | already asked | already confirmed | doubt pending | hard "
+        "| round | band | frames | already asked | already confirmed | doubt pending | hard "
         "| held back: look-alike | held back: rate limit | uploaded | in-band boxes "
         "| expected wrong boxes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         held = r.get("held_back") or {}
         frames = r["frames"]
         lines.append(
-            f"| {r['round']} | {frames} | {r.get('already_asked', 0)} | "
+            f"| {r['round']} | {_band_text(r.get('uncertainty_band'))} | {frames} | "
+            f"{r.get('already_asked', 0)} | "
             f"{r.get('already_confirmed', 0)} | {r.get('doubt_pending', 0)} | "
             f"{round(r['hard_case_rate'] * frames)} | "
             f"{held.get('duplicate', 0)} | {held.get('rate_limited', 0)} | "
@@ -211,6 +222,14 @@ def _markdown(result: DemoResult, options: DemoOptions) -> str:
             " (all at most 5%)"
             if max(last["upload_share_per_site"].values()) <= 0.05
             else " (NOT all at most 5%)"
+        ),
+        *(
+            [
+                f"- the last version's uncertainty band is empty: no score could make a "
+                f"frame hard in round {last['round']}"
+            ]
+            if _band_text(last.get("uncertainty_band")).startswith("empty")
+            else []
         ),
         f"- bytes sent by all sites: {sent:,} B, against {every:,} B to send every frame "
         f"({_pct(sent / every if every else 0.0)})",

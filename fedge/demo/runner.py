@@ -298,6 +298,7 @@ def _round_line(
         "already_confirmed": sum(r.already_confirmed for r in reports),
         "doubt_pending": sum(r.doubt_pending for r in reports),
         **_box_uncertainty(reports),
+        "uncertainty_band": _band(reports),
         "seconds": seconds,
     }
     if flower is not None:
@@ -327,6 +328,13 @@ def _sum_held_back(reports: list[StageReport]) -> dict[str, int]:
         for kind, count in report.held_back.items():
             total[kind] = total.get(kind, 0) + count
     return total
+
+
+def _band(reports: list[StageReport]) -> list[float] | None:
+    """The running version's person uncertainty band ``[low, high]`` (``None`` in cold
+    start or for an uncalibrated version; the sites run one version, the first says)."""
+    band = next((r.band for r in reports if r.band is not None), None)
+    return None if band is None else [float(band[0]), float(band[1])]
 
 
 def _box_uncertainty(reports: list[StageReport]) -> dict[str, float | None]:

@@ -61,6 +61,7 @@ class StageReport:
     # with a calibrated version: person boxes in its uncertainty band, and the number of
     # its box decisions its calibration expects to be wrong, over the stretch
     calibrated: bool = False
+    band: tuple[float, float] | None = None  # the version's uncertainty band [low, high)
     uncertain_boxes: int = 0
     expected_box_errors: float = 0.0
     fps: float = 0.0
@@ -235,6 +236,9 @@ class SiteAgent:
             bytes_up=after[2] - before[2],
             drained=drained,
             calibrated=calibration is not None,
+            band=None
+            if calibration is None
+            else (calibration.uncertain_low, calibration.uncertain_high),
             already_asked=self.selector.stats.already_asked - asked_before,
             already_confirmed=self.selector.stats.already_confirmed - confirmed_before,
             doubt_pending=self.selector.stats.doubt_pending - pending_before,
