@@ -303,6 +303,7 @@ def find_hard_reasons(
     known: Sequence[bool] | None = None,
     known_disagree: Sequence[bool] | None = None,
     known_poses: Sequence[bool] | None = None,
+    lone: tuple[set[int], set[int]] | None = None,
 ) -> tuple[str, ...]:
     """Return why a frame is hard (empty when it is not), before any suppression.
 
@@ -314,7 +315,8 @@ def find_hard_reasons(
     an uncertain score (``None``: none is). ``known_disagree`` (per detection) and
     ``known_poses`` (per person) say the same of the pose/box check: a confident box
     without a pose, or a confident pose without a box, whose object is known is no
-    disagreement (``None``: none is).
+    disagreement (``None``: none is). ``lone`` is what :func:`disagreements` returns for
+    these arguments when the caller has it already (``None``: computed here).
     """
     reasons: list[str] = []
     default = policy.band
@@ -325,7 +327,7 @@ def find_hard_reasons(
         for d, is_known in zip(detections, seen, strict=True)
     ):
         reasons.append(Reason.UNCERTAIN_SCORE)
-    boxes, poses = disagreements(persons, detections, policy, detector_labels)
+    boxes, poses = lone or disagreements(persons, detections, policy, detector_labels)
     box_known = _mask(known_disagree, len(detections), "known_disagree", "detections")
     pose_known = _mask(known_poses, len(persons), "known_poses", "persons")
     if any(not box_known[i] for i in boxes) or any(not pose_known[j] for j in poses):
@@ -551,6 +553,7 @@ class HardCaseSelector:
                 settled.scores,
                 settled.disagree,
                 settled.poses,
+                settled.lone,
             )
             if not reasons:
                 self._count_settled(settled.doubts)
@@ -624,7 +627,7 @@ class HardCaseSelector:
         ]
         for k in self._shown_unchanged(image, [tracks[k] for k in doubtful], frame_time):
             asked[doubtful[k]] = True
-        settled = _Settled()
+        settled = _Settled(lone=(lone_boxes, lone_poses))
         for i, (detection, track) in enumerate(zip(detections, box_tracks, strict=True)):
             in_band = bands.get(detection.label, default).contains(detection.score)
             confirmed = track.confirmed_in == generation
@@ -758,6 +761,7 @@ class _Settled:
     disagree: list[bool] = field(default_factory=list)
     poses: list[bool] = field(default_factory=list)
     doubts: list[tuple[bool, bool]] = field(default_factory=list)
+    lone: tuple[set[int], set[int]] = field(default_factory=lambda: (set(), set()))
 
 
 @dataclass(frozen=True)
