@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--place", type=float, nargs="+", default=[0.0, 0.5], help="--place-iou")
     parser.add_argument("--run-doubt", type=int, default=3, help="the run's --track-doubt")
     parser.add_argument("--run-ask", default="person", help="the run's --ask-labels")
-    parser.add_argument("--run-place", type=float, default=0.0, help="the run's --place-iou")
+    parser.add_argument("--run-place", type=float, default=0.5, help="the run's --place-iou")
     parser.add_argument(
         "--change", type=float, nargs="+", default=[0.0, 8.0], help="--place-change values"
     )

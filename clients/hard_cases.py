@@ -72,8 +72,8 @@ asked about: the cloud has seen exactly this there, whatever box shape a new det
 version draws around it. On the demo clip a window at the top of the view differs by 1.5
 to 4 grey levels from frames sent a few seconds before, and a box around a walking
 person by 15 to 110 from the frame before it, so ``fedge edge``'s default 8 keeps them
-apart. Unlike ``place_iou`` it does not take someone who steps into such a place as
-asked about: they change its pixels. (Where a ``crops`` case had more person boxes
+apart. Alone, without ``place_iou``, it would not take someone who steps into such a
+place as asked about: they change its pixels. (Where a ``crops`` case had more person boxes
 than the privacy filter's ``max_crops``, the smallest were not shown; the rule, like
 ``asked``, takes every object on a sent frame as shown.)
 

@@ -47,11 +47,11 @@ def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument(
         "--place-iou",
         type=float,
-        default=0.0,
+        default=0.5,
         metavar="IOU",
         help="with tracking, an object where a frame sent within the look-alike window "
-        "showed one of its label (IoU from IOU) counts as asked about, even if someone has "
-        "stepped in since (default: 0, off: --place-change does this without that cost)",
+        "showed one of its label (IoU from IOU) counts as asked about: a still camera's "
+        "background box whose track restarts is not asked again (default: 0.5; 0: off)",
     )
     parser.add_argument(
         "--place-change",
@@ -62,8 +62,7 @@ def add_tracking_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         "window showed (its objects' boxes grown by half on every side), with pixels there "
         "changed by at most GREY grey levels on average since, counts as asked about: a "
         "still camera's background box is not asked again when its track restarts or a "
-        "new model version draws it anew; someone stepping in changes the pixels "
-        "(default: 8; 0: off)",
+        "new model version draws it anew (default: 8; 0: off)",
     )
 
 

@@ -103,7 +103,7 @@ class DemoOptions:
     track_confirm: bool = True
     track_doubt: int = 3
     ask_labels: tuple[str, ...] = ("person",)  # (): every label
-    place_iou: float = 0.0
+    place_iou: float = 0.5
     place_change: float = 8.0
     warm_worker: bool = True
     max_persons: int = 4
