@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-start-share", type=float, default=0.2)
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Flower run (0)")
     add_tracking_flags(parser)  # fedge demo's
     add_ask_labels_flag(parser)
     parser.add_argument("--no-warm-worker", dest="warm_worker", action="store_false")
@@ -370,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_decay=args.lr_decay,
         warm_start=args.warm_start,
         schedule=args.schedule,
+        seed=args.seed,
         cold_start_share=args.cold_start_share,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.plan.describe()}; privacy `{args.privacy}`, fusion `{args.fusion}`, "
         f"{args.local_epochs} local epochs, lr decay {args.lr_decay:g}"
         f"{', warm start' if args.warm_start else ''}, "
-        f"train-schedule {args.schedule}, "
+        f"train-schedule {args.schedule}, seed {args.seed}, "
         + (f"tracking IoU {args.track_iou:g}" if args.track_iou else "no tracking")
         + (
             ", confirmed objects' dips no hard case"
