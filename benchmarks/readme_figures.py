@@ -290,6 +290,11 @@ def _demo() -> str:
                 "demo_vtest_zen4",
                 "on the whole vtest.avi, on a 2-core AMD EPYC Zen 4 (AVX-512)",
             ),
+            _demo_run(
+                "demo_clip_zen4_place_change",
+                "on the bundled clip, defaults with --place-change 8, on a 2-core AMD EPYC "
+                "Zen 4 (AVX-512)",
+            ),
         ]
     )
 
