@@ -69,9 +69,9 @@ privacy filter's default padding), on a frame sent within ``dedup_window_s``, an
 pixels there differ from that frame's by at most ``place_max_change`` grey levels on
 average (each region's own mean taken out, so a change of light is no change), counts as
 asked about: the cloud has seen exactly this there, whatever box shape a new detector
-version draws around it. On the demo clip a window at the top of the view differs by 1.5
-to 4 grey levels from frames sent a few seconds before, and a box around a walking
-person by 15 to 110 from the frame before it, so ``fedge edge``'s default 8 keeps them
+version draws around it. On the demo clip (``benchmarks/place_change.py``) in-band boxes
+on background changed by a median 1.3 grey levels since a sent frame, and boxes where
+someone had stepped in by a median 53 (3 of 121 by 8 or less), so the default 8 keeps them
 apart. Alone, without ``place_iou``, it would not take someone who steps into such a
 place as asked about: they change its pixels. (Where a ``crops`` case had more person boxes
 than the privacy filter's ``max_crops``, the smallest were not shown; the rule, like
