@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from demo_work import read_plan, version_bands  # noqa: E402  (benchmarks/demo_work.py)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
@@ -177,27 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
     args = parser.parse_args(argv)
-    plan_path = args.work / "plan.json"
-    if not plan_path.exists():
-        parser.error(f"{args.work} holds no plan.json: not a fedge demo's --out folder")
+    plan = read_plan(parser, args.work)
     if min(args.doubt) < 1:
         parser.error("--doubt values must be 1 or more")
-    from export.artifact import artifact_paths, read_manifest
     from fedge.commands.selection_flags import parse_ask_labels
     from fedge.demo.runner import DemoOptions, hard_case_policy
 
-    plan = json.loads(plan_path.read_text())
-    models = args.work / "server" / "demo" / "models"
-    bands: list[ScoreBand | None] = []
-    for version in range(1, plan["rounds"] + 1):
-        calibration = read_manifest(
-            artifact_paths(models, "person-detector", version)[1]
-        ).calibration
-        bands.append(
-            None
-            if calibration is None
-            else ScoreBand(calibration.uncertain_low, calibration.uncertain_high)
-        )
+    bands = version_bands(args.work, plan["rounds"])
     started = time.perf_counter()
     sites = [_records(args.work, site) for site in plan["sites"]]
     base = hard_case_policy(DemoOptions(source=Path("-"), out=Path("-")))  # the defaults

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from demo_work import read_plan, version_bands  # noqa: E402  (benchmarks/demo_work.py)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
@@ -138,24 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="place_change", help="the result files' name")
     args = parser.parse_args(argv)
-    plan_path = args.work / "plan.json"
-    if not plan_path.exists():
-        parser.error(f"{args.work} holds no plan.json: not a fedge demo's --out folder")
-    from export.artifact import artifact_paths, read_manifest
+    plan = read_plan(parser, args.work)
     from server.cloud.teacher import build_teacher
 
-    plan = json.loads(plan_path.read_text())
-    models = args.work / "server" / "demo" / "models"
-    bands = []
-    for version in range(1, plan["rounds"] + 1):
-        calibration = read_manifest(
-            artifact_paths(models, "person-detector", version)[1]
-        ).calibration
-        bands.append(
-            (0.3, 0.6)
-            if calibration is None
-            else (calibration.uncertain_low, calibration.uncertain_high)
-        )
+    policy = HardCasePolicy()
+    bands = [
+        (policy.uncertain_low, policy.uncertain_high) if band is None else (band.low, band.high)
+        for band in version_bands(args.work, plan["rounds"])
+    ]
     started = time.perf_counter()
     teacher = build_teacher()
     margin = HardCasePolicy().place_margin

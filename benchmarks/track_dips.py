@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from demo_work import MODELS, read_plan  # noqa: E402  (benchmarks/demo_work.py)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
@@ -102,16 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=0, help="0: the last version")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    plan_path = args.work / "plan.json"
-    if not plan_path.exists():
-        parser.error(f"{args.work} holds no plan.json: not a fedge demo's --out folder")
+    plan = read_plan(parser, args.work)
     import cv2
 
     from clients.hot_swap import person_detector_loader
     from export.artifact import artifact_paths, read_manifest
 
-    plan = json.loads(plan_path.read_text())
-    models = args.work / "server" / "demo" / "models"
+    models = args.work / MODELS
     version = args.version or plan["rounds"]
     if not 1 <= version <= plan["rounds"]:
         parser.error(f"--version must be 1..{plan['rounds']}, got {version}")
