@@ -49,7 +49,7 @@ from clients.hard_cases import (  # noqa: E402
     grown_box,
     region_change,
 )
-from fedge.core.geometry import box_area, intersection_area, iou_matrix  # noqa: E402
+from fedge.core.geometry import covered_share, iou_matrix  # noqa: E402
 
 __all__ = ["BINS", "main"]
 
@@ -57,11 +57,6 @@ BINS = (2.0, 4.0, 8.0, 16.0, 32.0)
 """Upper edges of the change bins (grey levels); the last bin is open."""
 COLUMNS = ("teacher now / then", "boxes", "median change", "at most limit", *(
     f"<= {b:g}" for b in BINS), f"> {BINS[-1]:g}")  # fmt: skip
-
-
-def _inside(inner: Any, outer: Any) -> float:
-    area = float(box_area(np.asarray(inner, np.float64)))
-    return float(intersection_area(inner, outer)[0, 0]) / area if area > 0 else 0.0
 
 
 def _person_at(box: Any, people: list[Any]) -> bool:
@@ -85,12 +80,18 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
             )
         }
     images: dict[int, np.ndarray] = {}
+    greys: dict[int, tuple[np.ndarray, float]] = {}
     people: dict[int, list[Any]] = {}
 
     def load(frame: int) -> np.ndarray:
         if frame not in images:
             images[frame] = cv2.imread(str(work / "frames" / f"{frame:06d}.jpg"))
         return images[frame]
+
+    def grey(frame: int) -> tuple[np.ndarray, float]:
+        if frame not in greys:
+            greys[frame] = grey_view(load(frame))
+        return greys[frame]
 
     def teacher_people(frame: int) -> list[Any]:
         if frame not in people:
@@ -110,15 +111,11 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
                 b["box"] for b in boxes if b["label"] == "person" and low <= b["score"] < high
             ]
             for box in doubtful:
-                shown = [
-                    f for f, grown in sent if any(_inside(box, g) >= PLACE_INSIDE for g in grown)
-                ]
+                shown = [f for f, grown in sent if covered_share(box, grown)[0] >= PLACE_INSIDE]
                 if not shown:
                     continue
-                grey, scale = grey_view(load(frame))
-                changes = [
-                    (region_change(grey, grey_view(load(f))[0], box, scale), f) for f in shown
-                ]
+                now, scale = grey(frame)
+                changes = [(region_change(now, grey(f)[0], box, scale), f) for f in shown]
                 change, then = min(changes)
                 now_p = "person" if _person_at(box, teacher_people(frame)) else "none"
                 then_p = "person" if _person_at(box, teacher_people(then)) else "none"

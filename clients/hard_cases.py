@@ -106,7 +106,7 @@ from typing import Literal
 import numpy as np
 
 from clients.tracking import IouTracker, Track
-from fedge.core.geometry import box_area, intersection_area, iou_matrix
+from fedge.core.geometry import box_area, covered_share, intersection_area, iou_matrix
 from fedge.core.records import Detection, Person
 
 __all__ = [
@@ -683,10 +683,9 @@ class HardCaseSelector:
         shown = []
         for k, track in enumerate(tracks):
             for view in views:
-                if view.grey.shape != grey.shape or not any(
-                    label == track.label and _inside(track.box, box) >= PLACE_INSIDE
-                    for label, box in view.boxes
-                ):
+                mine = [box for label, box in view.boxes if label == track.label]
+                inside = covered_share(track.box, mine)[0]
+                if view.grey.shape != grey.shape or inside < PLACE_INSIDE:
                     continue
                 if region_change(grey, view.grey, track.box, scale) <= limit:
                     shown.append(k)
@@ -704,7 +703,7 @@ class HardCaseSelector:
                 self._places.append((frame_time, track.label, track.box))
         if tracks and self.policy.place_max_change > 0:
             grown = [(t.label, grown_box(t.box, self.policy.place_margin)) for t in tracks]
-            self._views.append(_View(frame_time, *grey_view(image), grown))
+            self._views.append(_View(frame_time, grey_view(image)[0], grown))
 
     def _doubt(self, track: Track, generation: int) -> bool:
         """Count one more frame of doubt about ``track``'s object under ``generation``;
@@ -771,7 +770,6 @@ class _View:
 
     time: float
     grey: np.ndarray
-    scale: float
     boxes: list[tuple[str, Box]]
 
 
