@@ -1,5 +1,6 @@
 """Hard-case replay: which frames each ``--track-doubt``, ``--ask-labels``, ``--place-iou`` and
-``--place-change`` would have sent, on a finished demo.
+``--place-change`` would have sent, on a finished demo, with every object on a sent frame
+taken as asked about or only those its crops show.
 
 The edge's hard-case selector decides from what the node's models found on each frame.
 A finished ``fedge demo`` run keeps that in every site's frame store (its ``--out``
@@ -8,7 +9,10 @@ motion boxes, its poses and its time, and the source frames beside them. This
 benchmark runs ``clients.hard_cases.HardCaseSelector`` again over those records, site by
 site and stretch by stretch, as the demo's site agents ran it (cold start on stretch 0,
 then each version's calibrated band from its manifest), once per ``track_min_doubt``
-value, ``ask_labels`` choice, ``place_iou`` and ``place_max_change``, and counts per round the
+value, ``ask_labels`` choice, ``place_iou``, ``place_max_change`` and ``--shown`` (``all``:
+every object on a sent frame counts as asked about, as runs before the selector's
+``shows`` did; ``crops``: only the objects a ``crops`` case shows,
+``clients.privacy_filter.shown_regions``), and counts per round the
 frames that qualify and the
 frames that would have gone to the cloud (after the look-alike check and the rate limit).
 
@@ -24,7 +28,7 @@ Usage::
 
     python benchmarks/hard_case_replay.py WORK [--doubt 1 2 3 4] [--ask person]
         [--place 0 0.5] [--change 0 8] [--run-doubt 3] [--run-ask person] [--run-place 0.5]
-        [--run-change 8] [--run TEXT] [--name NAME]
+        [--run-change 8] [--shown all crops] [--run-shown crops] [--run TEXT] [--name NAME]
 """
 
 from __future__ import annotations
@@ -51,16 +55,21 @@ from demo_work import read_plan, version_bands  # noqa: E402  (benchmarks/demo_w
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
-from clients.hard_cases import HardCasePolicy, HardCaseSelector, ScoreBand  # noqa: E402
+from clients.hard_cases import HardCasePolicy, HardCaseSelector, ScoreBand, Shows  # noqa: E402
+from clients.privacy_filter import shown_regions  # noqa: E402
 from fedge.core.records import Detection, Person  # noqa: E402
 
-__all__ = ["FrameRecord", "StretchCount", "main", "replay_site"]
+__all__ = ["SHOWN", "FrameRecord", "StretchCount", "main", "replay_site"]
+
+SHOWN = ("all", "crops")
+"""``--shown``: what of a sent frame counts as asked about (module docstring)."""
 
 COLUMNS = (
     "doubt frames",
     "ask labels",
     "place IoU",
     "place change",
+    "shown",
     "round",
     "frames",
     "qualify",
@@ -97,10 +106,12 @@ def replay_site(
     stretches: Sequence[Sequence[FrameRecord]],
     bands: Sequence[ScoreBand | None],
     face_labels: tuple[str, ...] = ("face",),
+    shows: Shows | None = None,
 ) -> list[StretchCount]:
     """Replay one site: stretch 0 in cold start, stretch ``r`` >= 1 under ``bands[r - 1]``
-    (version ``r``'s person band; ``None``: the policy's), as ``swap_into`` sets them."""
-    selector = HardCaseSelector(policy, detector_labels=face_labels, cold_start=True)
+    (version ``r``'s person band; ``None``: the policy's), as ``swap_into`` sets them;
+    ``shows`` as the selector's (``None``: every object on a sent frame is shown)."""
+    selector = HardCaseSelector(policy, detector_labels=face_labels, cold_start=True, shows=shows)
     counts = []
     for index, stretch in enumerate(stretches):
         if index >= 1:
@@ -174,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-change", type=float, default=8.0, help="the run's --place-change (0: off)"
     )
+    parser.add_argument(
+        "--shown",
+        nargs="+",
+        choices=SHOWN,
+        default=list(SHOWN),
+        help="all: every object on a sent frame counts as asked about; crops: only those "
+        "its crops show",
+    )
+    parser.add_argument("--run-shown", choices=SHOWN, default="crops", help="the run's")
     parser.add_argument("--run", default="", help="what the run is (default: WORK's name)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="hard_case_replay", help="the result files' name")
@@ -190,9 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     base = hard_case_policy(DemoOptions(source=Path("-"), out=Path("-")))  # the defaults
     rows = []
     variants = [
-        (d, a, p, c) for c in args.change for p in args.place for a in args.ask for d in args.doubt
+        (d, a, p, c, w)
+        for w in args.shown
+        for c in args.change
+        for p in args.place
+        for a in args.ask
+        for d in args.doubt
     ]
-    for doubt, ask, place, change in variants:
+    for doubt, ask, place, change, shown in variants:
         policy = dataclasses.replace(
             base,
             track_min_doubt=doubt,
@@ -200,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             place_iou=place,
             place_max_change=change,
         )
-        counts = [replay_site(policy, stretches, bands) for stretches in sites]
+        shows = shown_regions("crops") if shown == "crops" else None
+        counts = [replay_site(policy, stretches, bands, shows=shows) for stretches in sites]
         for r in range(plan["rounds"] + 1):
             per = [c[r] for c in counts]
             rows.append(
@@ -209,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ask labels": ask,
                     "place IoU": f"{place:g}",
                     "place change": f"{change:g}",
+                    "shown": shown,
                     "round": r,
                     "frames": sum(c.frames for c in per),
                     "qualify": sum(c.qualify for c in per),
@@ -221,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu_model()}, Python {platform.python_version()}; the demo {args.run or args.work.name} "
         f"({plan['frames']} frames, {len(plan['sites'])} sites, {plan['rounds']} rounds, run "
         f"with --track-doubt {args.run_doubt} --ask-labels {args.run_ask} --place-iou "
-        f"{args.run_place:g} --place-change {args.run_change:g}); the selector "
+        f"{args.run_place:g} --place-change {args.run_change:g}, objects asked about: "
+        f"{args.run_shown}); the selector "
         "replayed over the frame records its sites stored, with the demo's other hard-case "
         "defaults and each version's band; selection only (the models are the run's); "
         "*same as run*: frames whose replayed verdict equals the stored one (all, for the "
@@ -230,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "`python benchmarks/demo_loop.py ... --work WORK`, then "
         f"`python benchmarks/hard_case_replay.py WORK --run-doubt {args.run_doubt} "
         f"--run-ask {args.run_ask} --run-place {args.run_place:g} "
-        f"--run-change {args.run_change:g} --doubt "
+        f"--run-change {args.run_change:g} --run-shown {args.run_shown} --doubt "
         + " ".join(str(d) for d in args.doubt)
         + " --ask "
         + " ".join(args.ask)
@@ -238,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"{p:g}" for p in args.place)
         + " --change "
         + " ".join(f"{c:g}" for c in args.change)
+        + " --shown "
+        + " ".join(args.shown)
         + ("" if args.name == "hard_case_replay" else f" --name {args.name}")
         + "`"
     )

@@ -21,20 +21,22 @@ A frame qualifies when the node's own models are unsure of it:
 
 With ``policy.track_min_iou > 0`` the selector tracks the boxes from frame to frame
 (``clients.tracking.IouTracker``) and asks the cloud once per uncertain object, not once
-per frame: every tracked object on a frame that goes to the cloud is marked ``asked``
-(the case carries every box, and in ``crops`` mode a crop of every person), and an
-uncertain box of an asked object no longer makes a frame hard (counted in
-``SelectorStats.already_asked`` when it is the frame's only reason). A frame that was
-held back marks nothing, so its objects stay to be asked. With ``policy.track_confirm``
-(the default) an object is also known once the detector running now was sure of it: a
-box of its track scored at or above the top of its label's band on this or an earlier
-frame. A person walking through the view scores above the band on most frames and dips
-into it on some (a turn, a partial occlusion); the dips of a person the detector has
-already found are not doubt about whether a person is there, and asking the cloud
-about them would spend the uplink on flicker (counted in
-``SelectorStats.already_confirmed``). A new detector version (``set_band``) starts
-every confirmation afresh: what an earlier version was sure of says nothing about the
-new one; the cloud's answers (``asked``) stay.
+per frame: every tracked object that a frame going to the cloud shows is marked
+``asked`` (the case carries every box; in ``crops`` mode an object counts as shown when
+``PLACE_INSIDE`` of its box lies inside the case's crops, which the selector's ``shows``
+says: the privacy filter keeps the ``max_crops`` largest, so on a frame with more person
+boxes the smallest objects stay to be asked), and an uncertain box of an asked object no
+longer makes a frame hard (counted in ``SelectorStats.already_asked`` when it is the
+frame's only reason). A frame that was held back marks nothing, so its objects stay to
+be asked. With ``policy.track_confirm`` (the default) an object is also known once the
+detector running now was sure of it: a box of its track scored at or above the top of
+its label's band on this or an earlier frame. A person walking through the view scores
+above the band on most frames and dips into it on some (a turn, a partial occlusion);
+the dips of a person the detector has already found are not doubt about whether a person
+is there, and asking the cloud about them would spend the uplink on flicker (counted in
+``SelectorStats.already_confirmed``). A new detector version (``set_band``) starts every
+confirmation afresh: what an earlier version was sure of says nothing about the new one;
+the cloud's answers (``asked``) stay.
 
 The pose/box check is asked once per object too: the poses are tracked like the boxes
 (a tracker of their own), a confident box without a pose counts as its box's object and a
@@ -73,9 +75,8 @@ version draws around it. On the demo clip (``benchmarks/place_change.py``) in-ba
 on background changed by a median 1.3 grey levels since a sent frame, and boxes where
 someone had stepped in by a median 53 (3 of 121 by 8 or less), so the default 8 keeps them
 apart. Alone, without ``place_iou``, it would not take someone who steps into such a
-place as asked about: they change its pixels. (Where a ``crops`` case had more person boxes
-than the privacy filter's ``max_crops``, the smallest were not shown; the rule, like
-``asked``, takes every object on a sent frame as shown.)
+place as asked about: they change its pixels. Both rules remember only the objects a sent
+frame showed, as ``asked`` does.
 
 With ``policy.ask_labels`` (e.g. ``("person",)``, what the cloud's teacher labels), once
 the node runs a detector of one of those labels (``detector_labels`` has it: after the
@@ -111,6 +112,7 @@ from fedge.core.records import Detection, Person
 
 __all__ = [
     "Clock",
+    "Shows",
     "DisagreementCheck",
     "HardCaseDecision",
     "HardCaseEvent",
@@ -147,6 +149,10 @@ VIEW_SIDE = 320
 PLACE_INSIDE = 0.9
 """Share of a box inside a sent object's grown box for the unchanged-place rule."""
 Clock = Callable[[], float]  # seconds, e.g. time.monotonic
+Shows = Callable[[Sequence[Person], Sequence[Detection], int, int], Sequence[Box] | None]
+"""What a hard case of a frame shows the cloud, from the frame's persons, detections (motion
+proposals included) and width and height: rectangles of the frame, or ``None`` for every
+object on it (``clients.privacy_filter.shown_regions`` makes one for a privacy mode)."""
 
 
 class Reason(StrEnum):
@@ -460,7 +466,8 @@ class HardCaseSelector:
     window run on it. ``bands`` are calibrated uncertainty bands by label;
     :meth:`set_band` replaces one from another thread (the detector follower, when it
     swaps a version in) while :meth:`decide` runs: each decision uses the bands of one
-    moment.
+    moment. ``shows`` says what a case of a frame shows the cloud (default: every object
+    on it), so that only objects it showed count as asked about.
     """
 
     def __init__(
@@ -470,8 +477,10 @@ class HardCaseSelector:
         clock: Clock = time.monotonic,
         cold_start: bool = False,
         bands: Mapping[str, ScoreBand] | None = None,
+        shows: Shows | None = None,
     ) -> None:
         self.policy = policy or HardCasePolicy()
+        self.shows = shows
         self.detector_labels = detector_labels
         self._bands: Mapping[str, ScoreBand] = dict(bands or {})
         self._bands_lock = threading.Lock()
@@ -530,6 +539,7 @@ class HardCaseSelector:
         bands = self._bands
         asked = self.policy.ask_labels
         own = self.detector_labels or ()
+        every = [*detections, *(proposals or ())]  # what the case will carry
         if asked and any(label in asked for label in own):  # (module docstring)
             detections = [d for d in detections if d.label in asked]
         frame_time = self.clock() if now is None else now
@@ -562,7 +572,7 @@ class HardCaseSelector:
                 return HardCaseDecision()
             decision = self._cold_start_sample(image, frame_time)
             if decision.hard:
-                self._mark_asked(tracks, frame_time, image)
+                self._mark_asked(tracks, frame_time, image, self._shown(image, persons, every))
             return decision
         if not reasons:
             return HardCaseDecision()
@@ -577,7 +587,7 @@ class HardCaseSelector:
             return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
-        self._mark_asked(tracks, frame_time, image)
+        self._mark_asked(tracks, frame_time, image, self._shown(image, persons, every))
         return HardCaseDecision(reasons)
 
     def _settle(
@@ -692,12 +702,31 @@ class HardCaseSelector:
                     break
         return shown
 
+    def _shown(
+        self, image: np.ndarray, persons: Sequence[Person], detections: Sequence[Detection]
+    ) -> Sequence[Box] | None:
+        """``shows`` for this frame (``None``: every object, also when there is no
+        ``shows``)."""
+        if self.shows is None:
+            return None
+        height, width = image.shape[:2]
+        return self.shows(persons, detections, width, height)
+
     def _mark_asked(
-        self, tracks: Sequence[Track] | None, frame_time: float, image: np.ndarray
+        self,
+        tracks: Sequence[Track] | None,
+        frame_time: float,
+        image: np.ndarray,
+        shown: Sequence[Box] | None,
     ) -> None:
-        """The frame goes to the cloud: every object on it has been asked about, and with
-        ``place_iou`` its place is remembered, with ``place_max_change`` its grey view."""
-        for track in tracks or ():
+        """The frame goes to the cloud: every object it shows (``shown``: the case's
+        rectangles, ``None``: all) has been asked about, and with ``place_iou`` its place
+        is remembered, with ``place_max_change`` its grey view."""
+        tracks = list(tracks or ())
+        if shown is not None and tracks:
+            inside = covered_share(np.asarray([t.box for t in tracks], np.float64), shown)
+            tracks = [t for t, share in zip(tracks, inside, strict=True) if share >= PLACE_INSIDE]
+        for track in tracks:
             track.asked = True
             if self.policy.place_iou > 0:
                 self._places.append((frame_time, track.label, track.box))

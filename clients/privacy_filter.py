@@ -44,7 +44,7 @@ missed) is not blurred; at that size it is a few pixels across.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -70,7 +70,9 @@ __all__ = [
     "PrivacyPolicy",
     "build_hard_case",
     "case_coverage",
+    "crop_regions",
     "head_box",
+    "shown_regions",
 ]
 
 Box = tuple[float, float, float, float]
@@ -470,37 +472,71 @@ class PrivacyFilter:
     def crop_regions(
         self, result: FrameResult, width: int, height: int
     ) -> list[tuple[int, int, int, int]]:
-        """Padded person regions (pose boxes and ``person`` detector boxes), largest first,
-        then padded motion regions the person regions do not explain (``motion_crops``),
-        largest first; clipped, at most ``max_crops``. Other labels (BlazeFace's ``face``
-        boxes) get no crop: a face is never what the cloud labels, and it is blurred
-        anyway."""
-        boxes = [p.box for p in result.persons] + [
-            d.box for d in result.detections if d.label == "person"
-        ]
-        regions = self._padded(boxes, width, height)
-        if self.policy.motion_crops:
-            covered = np.zeros((height, width), dtype=bool)
-            for x1, y1, x2, y2 in regions:
-                covered[y1:y2, x1:x2] = True
-            motion = [d.box for d in result.detections if d.label == MOTION_LABEL]
-            for x1, y1, x2, y2 in self._padded(motion, width, height):
-                if covered[y1:y2, x1:x2].mean() < self.policy.motion_explained:
-                    regions.append((x1, y1, x2, y2))
-        return list(dict.fromkeys(regions))[: self.policy.max_crops]
+        """This filter's :func:`crop_regions` of ``result``'s frame."""
+        return crop_regions(result.persons, result.detections, width, height, self.policy)
 
-    def _padded(
-        self, boxes: Sequence[Sequence[float]], width: int, height: int
-    ) -> list[tuple[int, int, int, int]]:
-        """Boxes padded by ``crop_padding``, clipped, big enough, largest first, distinct."""
-        regions = []
-        for x1, y1, x2, y2 in boxes:
-            pad_x = (x2 - x1) * self.policy.crop_padding
-            pad_y = (y2 - y1) * self.policy.crop_padding
-            region = _clip_box((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), width, height)
-            if min(region[2] - region[0], region[3] - region[1]) >= self.policy.min_crop_px:
-                regions.append(region)
-        return sorted(set(regions), key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
+
+def crop_regions(
+    persons: Sequence[Person],
+    detections: Sequence[Detection],
+    width: int,
+    height: int,
+    policy: PrivacyPolicy | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """The crops a ``crops`` case of a ``width`` x ``height`` frame shows: padded person
+    regions (pose boxes and ``person`` detector boxes), largest first, then padded motion
+    regions the person regions do not explain (``motion_crops``), largest first; clipped,
+    at most ``max_crops``. Other labels (BlazeFace's ``face`` boxes) get no crop: a face is
+    never what the cloud labels, and it is blurred anyway."""
+    policy = policy or PrivacyPolicy()
+    boxes = [p.box for p in persons] + [d.box for d in detections if d.label == "person"]
+    regions = _padded(boxes, width, height, policy)
+    if policy.motion_crops:
+        covered = np.zeros((height, width), dtype=bool)
+        for x1, y1, x2, y2 in regions:
+            covered[y1:y2, x1:x2] = True
+        motion = [d.box for d in detections if d.label == MOTION_LABEL]
+        for x1, y1, x2, y2 in _padded(motion, width, height, policy):
+            if covered[y1:y2, x1:x2].mean() < policy.motion_explained:
+                regions.append((x1, y1, x2, y2))
+    return list(dict.fromkeys(regions))[: policy.max_crops]
+
+
+def shown_regions(
+    mode: PrivacyMode | str, policy: PrivacyPolicy | None = None
+) -> Callable[[Sequence[Person], Sequence[Detection], int, int], list[Box] | None]:
+    """What a hard case of a frame shows the cloud in ``mode``, as the hard-case
+    selector's ``shows`` (``clients.hard_cases.HardCaseSelector``): given the frame's
+    persons, detections (motion proposals included) and size, the crops' rectangles in
+    ``crops`` mode, or ``None`` when the case describes every object on the frame (all its
+    boxes and landmarks in ``landmarks`` mode, the whole frame in ``frames``, and a
+    ``crops`` case with nothing to crop, which goes as a ``landmarks`` one)."""
+    mode = PrivacyMode.parse(mode) if isinstance(mode, str) else mode
+    policy = policy or PrivacyPolicy()
+
+    def shows(
+        persons: Sequence[Person], detections: Sequence[Detection], width: int, height: int
+    ) -> list[Box] | None:
+        if mode is not PrivacyMode.CROPS:
+            return None
+        regions = crop_regions(persons, detections, width, height, policy)
+        return [(float(x1), float(y1), float(x2), float(y2)) for x1, y1, x2, y2 in regions] or None
+
+    return shows
+
+
+def _padded(
+    boxes: Sequence[Sequence[float]], width: int, height: int, policy: PrivacyPolicy
+) -> list[tuple[int, int, int, int]]:
+    """Boxes padded by ``crop_padding``, clipped, big enough, largest first, distinct."""
+    regions = []
+    for x1, y1, x2, y2 in boxes:
+        pad_x = (x2 - x1) * policy.crop_padding
+        pad_y = (y2 - y1) * policy.crop_padding
+        region = _clip_box((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), width, height)
+        if min(region[2] - region[0], region[3] - region[1]) >= policy.min_crop_px:
+            regions.append(region)
+    return sorted(set(regions), key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
 
 
 def case_coverage(case: cloud_pb2.HardCase) -> tuple[Box, ...] | None:

@@ -360,7 +360,14 @@ def _run(args: argparse.Namespace) -> int:
             store = FrameStore(args.store_dir, budget_bytes=budget)
         top_down = _top_down(args, follower)
         labels = _detector_labels(detector, person_model=top_down)
-        selector = HardCaseSelector(policy, detector_labels=labels, cold_start=not top_down)
+        shows = None
+        if uplink is not None:  # only the objects a case shows count as asked about
+            from clients.privacy_filter import shown_regions
+
+            shows = shown_regions(uplink.privacy)
+        selector = HardCaseSelector(
+            policy, detector_labels=labels, cold_start=not top_down, shows=shows
+        )
         if follower is not None and follower.active is not None:  # its calibrated thresholds
             from clients.hot_swap import apply_version
 

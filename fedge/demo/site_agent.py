@@ -29,7 +29,7 @@ from clients.motion import MotionProposer
 from clients.pipeline import Pipeline
 from clients.pose import create_pose_estimator
 from clients.pose.top_down import TopDownPoseEstimator
-from clients.privacy_filter import PrivacyFilter
+from clients.privacy_filter import PrivacyFilter, shown_regions
 from clients.uploader import Uploader, UploaderConfig
 from data.frame_store import FrameStore
 from export.score_calibration import ScoreCalibration
@@ -136,7 +136,10 @@ class SiteAgent:
         )
         self.pose = [create_pose_estimator("litert", model_dir, num_threads=1, track=True)]
         self.selector = HardCaseSelector(
-            policy, detector_labels=tuple(self.face.spec.labels), cold_start=True
+            policy,
+            detector_labels=tuple(self.face.spec.labels),
+            cold_start=True,
+            shows=shown_regions(privacy),  # only what a case shows counts as asked about
         )
         self.pipeline = Pipeline(
             self.source,
