@@ -3,16 +3,16 @@ the evidence behind ``--place-change``'s default.
 
 ``--place-change GREY`` (``HardCasePolicy.place_max_change``) takes a doubtful box as
 asked about when it lies inside what a frame sent before showed (that frame's person and
-pose boxes grown by ``place_margin``) and its pixels there changed by at most GREY grey
-levels on average since (``clients.hard_cases.region_change``). This benchmark measures
-that change on a finished ``fedge demo`` (its ``--out`` folder, kept by
-``benchmarks/demo_loop.py --work``): for every person box in its version's uncertainty
-band on each site's frames from round 1 on, inside what a frame the site sent earlier
-showed, the smallest change over those frames, and whether the cloud's teacher finds a
-person there (IoU >= 0.5 with one of its boxes) now and on that sent frame. Background
-boxes (no person either time) should change little; a box where someone stepped in
-(person now, none then) must change more than the limit, or the rule would keep that
-person from being asked about.
+pose boxes that its crops showed, grown by ``place_margin``) and its pixels there
+changed by at most GREY grey levels on average since
+(``clients.hard_cases.region_change``). This benchmark measures that change on a
+finished ``fedge demo`` (its ``--out`` folder, kept by ``benchmarks/demo_loop.py
+--work``): for every person box in its version's uncertainty band on each site's frames
+from round 1 on, inside what a frame the site sent earlier showed, the smallest change
+over those frames, and whether the cloud's teacher finds a person there (IoU >= 0.5 with
+one of its boxes) now and on that sent frame. Background boxes (no person either time)
+should change little; a box where someone stepped in (person now, none then) must change
+more than the limit, or the rule would keep that person from being asked about.
 
 Results go to ``benchmarks/results/NAME.{md,csv}`` (``--name``, default ``place_change``).
 
@@ -49,7 +49,9 @@ from clients.hard_cases import (  # noqa: E402
     grown_box,
     region_change,
 )
+from clients.privacy_filter import shown_regions  # noqa: E402
 from fedge.core.geometry import covered_share, iou_matrix  # noqa: E402
+from fedge.core.records import Detection, Person  # noqa: E402
 
 __all__ = ["BINS", "main"]
 
@@ -99,6 +101,7 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
             people[frame] = [d.box for d in found if d.label == "person"]
         return people[frame]
 
+    shows = shown_regions("crops")
     sent: list[tuple[int, list[Any]]] = []  # (frame, grown boxes of what it showed)
     out = []
     for number, stretch in enumerate(site["stretches"]):
@@ -123,6 +126,15 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
             if hard and not any(str(r).startswith("suppressed") for r in reasons):
                 shown_boxes = [b["box"] for b in boxes if b["label"] == "person"]
                 shown_boxes += [p["box"] for p in poses]
+                people = [
+                    Person(np.asarray(p["landmarks"]), p["score"], (*p["box"],)) for p in poses
+                ]
+                found = [Detection(tuple(b["box"]), b["label"], b["score"]) for b in boxes]
+                crops = shows(people, found, *load(frame).shape[1::-1])
+                if crops is not None:  # only what the case showed (as the selector)
+                    inside = covered_share(np.asarray(shown_boxes, np.float64), crops)
+                    shown_boxes = [b for b, s in zip(shown_boxes, inside, strict=True)
+                                   if s >= PLACE_INSIDE]  # fmt: skip
                 sent.append((frame, [grown_box(tuple(b), margin) for b in shown_boxes]))
     return out
 
@@ -175,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.run or args.work.name} ({plan['frames']} frames, {len(plan['sites'])} sites, "
         f"{plan['rounds']} rounds). Every person box in its version's uncertainty band on a "
         "site's frames from round 1 on that lies inside what a frame the site sent earlier "
-        f"showed (its person and pose boxes grown by {margin:g}; {PLACE_INSIDE:g} of the box "
+        f"showed (its person and pose boxes its crops showed, grown by {margin:g}; "
+        f"{PLACE_INSIDE:g} of the box "
         "inside): the smallest change since such a frame (mean absolute grey difference, "
         "each region's mean taken out, at 320 pixels on the long side), by whether the "
         "cloud's teacher finds a person at the box (IoU >= 0.5) on this frame and on that "

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from hard_case_replay import FrameRecord, main, replay_site  # noqa: E402
 
 from clients.hard_cases import HardCasePolicy, ScoreBand  # noqa: E402
+from clients.privacy_filter import PrivacyPolicy, shown_regions  # noqa: E402
 from fedge.core.records import Detection  # noqa: E402
 
 POLICY = HardCasePolicy(
@@ -61,3 +62,23 @@ def test_a_folder_without_a_plan_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path)])
     assert stop.value.code == 2
+
+
+def test_shown_crops_leave_the_objects_a_case_did_not_show_to_be_asked() -> None:
+    # a stretch with two uncertain people, the second smaller; with one crop a case shows
+    # only the first, so the next frame asks again; taking every object as shown, it does not
+    def frame(t: float) -> FrameRecord:
+        found = (
+            Detection((40.0, 20.0, 100.0, 200.0), "person", 0.35),
+            Detection((300.0, 60.0, 330.0, 140.0), "person", 0.35),
+        )
+        image = np.random.default_rng(int(t * 10)).integers(0, 256, (240, 400, 3), np.uint8)
+        return FrameRecord(t, found, (), (), (), image)
+
+    site = [[], [frame(1.0 + 0.1 * i) for i in range(3)]]
+    band = [ScoreBand(0.3, 0.4)]
+    one_crop = shown_regions("crops", PrivacyPolicy(max_crops=1))
+    every = replay_site(POLICY, site, band)
+    shown = replay_site(POLICY, site, band, shows=one_crop)
+    assert [c.upload for c in every] == [0, 1]
+    assert [c.upload for c in shown] == [0, 3]  # the small one is never in the crop

@@ -16,6 +16,7 @@ from clients.hard_cases import (
     ScoreBand,
     find_hard_reasons,
 )
+from clients.privacy_filter import PrivacyPolicy, crop_regions, shown_regions
 from clients.tracking import IouTracker
 from fedge.core.records import Detection, Person
 
@@ -512,3 +513,62 @@ def test_a_place_shown_unchanged_is_remembered_for_the_look_alike_window_only() 
 def test_bad_unchanged_place_knobs_are_refused(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HardCasePolicy(**{field: value})
+
+
+# --- what a sent case shows ----------------------------------------------------------------
+
+TWO_CROPS = PrivacyPolicy(max_crops=2)
+CROWD = [  # three uncertain people; with two crops the smallest (the last) is not shown
+    Detection((20.0, 20.0, 60.0, 120.0), "person", 0.45),
+    Detection((200.0, 20.0, 240.0, 120.0), "person", 0.45),
+    Detection((400.0, 40.0, 420.0, 90.0), "person", 0.45),
+]
+
+
+def _crowd_then(selector: HardCaseSelector, later: list[Detection]) -> list[bool]:
+    """The crowd on a frame (sent), then ``later`` on a frame unlike it: which were hard."""
+    first, second = (np.random.default_rng(i).integers(0, 256, (240, 480, 3), np.uint8)
+                     for i in range(2))  # fmt: skip
+    return [selector.decide(first, [], CROWD).hard, selector.decide(second, [], later).hard]
+
+
+def test_an_object_a_crops_case_did_not_show_is_still_to_be_asked() -> None:
+    shows = shown_regions("crops", TWO_CROPS)
+    assert len(shows([], CROWD, 480, 240) or []) == 2
+    selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock(), shows=shows)
+    assert _crowd_then(selector, CROWD) == [True, True]  # the small one: not shown yet
+    assert selector.stats.already_asked == 0
+    shown = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock(), shows=shows)
+    assert _crowd_then(shown, CROWD[:2]) == [True, False]  # those two were shown
+    assert shown.stats.already_asked == 1
+
+
+def test_without_shows_or_in_modes_that_describe_every_object_all_count_as_asked() -> None:
+    for shows in (None, shown_regions("frames"), shown_regions("landmarks")):
+        selector = HardCaseSelector(TRACKING, {"person"}, clock=FakeClock(), shows=shows)
+        assert _crowd_then(selector, CROWD) == [True, False]
+    # a crops case with nothing big enough to crop goes as a landmarks one: all described
+    assert (
+        shown_regions("crops")([], [Detection((1.0, 1.0, 5.0, 5.0), "person", 0.4)], 64, 64) is None
+    )
+
+
+def test_the_place_of_an_object_not_shown_is_not_remembered() -> None:
+    policy = dataclasses.replace(TRACKING, place_iou=0.5, track_max_age=0, dedup_window_s=60.0)
+    small = CROWD[2]
+    for shows, asked_again in ((shown_regions("crops", TWO_CROPS), True), (None, False)):
+        selector = HardCaseSelector(policy, {"person"}, clock=FakeClock(), shows=shows)
+        frames = _frames(3)
+        assert selector.decide(frames[0], [], CROWD, now=0.0).hard
+        selector.decide(frames[1], [], [], now=0.1)  # every track ends
+        assert selector.decide(frames[2], [], [small], now=0.2).hard is asked_again
+
+
+def test_shown_regions_are_the_privacy_filters_crops() -> None:
+    moving = Detection((300.0, 150.0, 340.0, 230.0), "motion", 1.0)
+    crops = crop_regions([], [*CROWD, moving], 480, 240, TWO_CROPS)
+    assert shown_regions("crops", TWO_CROPS)([], [*CROWD, moving], 480, 240) == [
+        tuple(float(v) for v in region) for region in crops
+    ]
+    big = PrivacyPolicy(max_crops=16)
+    assert len(crop_regions([], [*CROWD, moving], 480, 240, big)) == 4  # 3 people, 1 motion
