@@ -153,6 +153,7 @@ class PrivacyPolicy:
     unlabelled where the cloud looked, i.e. as background to train on."""
     min_crop_px: int = 16
     max_crops: int = 16
+    """At most this many crops a case: the people the node is least sure of first."""
     motion_crops: bool = True
     """Crop moving regions no person crop explains (module docstring)."""
     motion_explained: float = 0.8
@@ -484,18 +485,22 @@ def crop_regions(
     policy: PrivacyPolicy | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """The crops a ``crops`` case of a ``width`` x ``height`` frame shows: padded person
-    regions (pose boxes and ``person`` detector boxes), largest first, then padded motion
-    regions the person regions do not explain (``motion_crops``), largest first; clipped,
-    at most ``max_crops``. Other labels (BlazeFace's ``face`` boxes) get no crop: a face is
-    never what the cloud labels, and it is blurred anyway."""
+    regions (pose boxes and ``person`` detector boxes), then padded motion regions the
+    person regions do not explain (``motion_crops``), largest first; clipped, at most
+    ``max_crops``. The person regions go least sure first (a region's lowest box score),
+    then largest first: when a frame has more people than crops, the crops go to those the
+    node is unsure of, which are what a hard case asks about, not to those it has found.
+    Other labels (BlazeFace's ``face`` boxes) get no crop: a face is never what the cloud
+    labels, and it is blurred anyway."""
     policy = policy or PrivacyPolicy()
-    boxes = [p.box for p in persons] + [d.box for d in detections if d.label == "person"]
-    regions = _padded(boxes, width, height, policy)
+    people = [(p.box, p.score) for p in persons]
+    people += [(d.box, d.score) for d in detections if d.label == "person"]
+    regions = _padded(people, width, height, policy)
     if policy.motion_crops:
         covered = np.zeros((height, width), dtype=bool)
         for x1, y1, x2, y2 in regions:
             covered[y1:y2, x1:x2] = True
-        motion = [d.box for d in detections if d.label == MOTION_LABEL]
+        motion = [(d.box, 0.0) for d in detections if d.label == MOTION_LABEL]
         for x1, y1, x2, y2 in _padded(motion, width, height, policy):
             if covered[y1:y2, x1:x2].mean() < policy.motion_explained:
                 regions.append((x1, y1, x2, y2))
@@ -526,17 +531,21 @@ def shown_regions(
 
 
 def _padded(
-    boxes: Sequence[Sequence[float]], width: int, height: int, policy: PrivacyPolicy
+    boxes: Sequence[tuple[Sequence[float], float]],
+    width: int,
+    height: int,
+    policy: PrivacyPolicy,
 ) -> list[tuple[int, int, int, int]]:
-    """Boxes padded by ``crop_padding``, clipped, big enough, largest first, distinct."""
-    regions = []
-    for x1, y1, x2, y2 in boxes:
+    """``(box, score)`` pairs' boxes padded by ``crop_padding``, clipped, big enough,
+    distinct; lowest score first (a region's lowest), then largest first."""
+    lowest: dict[tuple[int, int, int, int], float] = {}
+    for (x1, y1, x2, y2), score in boxes:
         pad_x = (x2 - x1) * policy.crop_padding
         pad_y = (y2 - y1) * policy.crop_padding
         region = _clip_box((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y), width, height)
         if min(region[2] - region[0], region[3] - region[1]) >= policy.min_crop_px:
-            regions.append(region)
-    return sorted(set(regions), key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
+            lowest[region] = min(float(score), lowest.get(region, float(score)))
+    return sorted(lowest, key=lambda r: (lowest[r], -(r[2] - r[0]) * (r[3] - r[1])))
 
 
 def case_coverage(case: cloud_pb2.HardCase) -> tuple[Box, ...] | None:

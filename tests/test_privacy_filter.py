@@ -20,6 +20,7 @@ from clients.detector import Detector
 from clients.privacy_filter import (
     PrivacyFilter,
     PrivacyMode,
+    PrivacyPolicy,
     head_box,
 )
 from clients.uploader import Uploader, UploaderConfig
@@ -267,7 +268,21 @@ def test_crop_regions_are_padded_and_clipped_to_the_frame(model_dir: Path) -> No
 
     regions = privacy.crop_regions(result, 640, 480)
 
-    assert regions == [(50, 0, 250, 400), (580, 360, 640, 480)]
+    assert regions == [(580, 360, 640, 480), (50, 0, 250, 400)]  # the less sure first
+
+
+def test_when_people_outnumber_crops_the_crops_go_to_the_least_sure(model_dir: Path) -> None:
+    found = [
+        Detection((100.0, 100.0, 200.0, 300.0), "person", 0.95),  # found: the largest
+        Detection((400.0, 100.0, 440.0, 180.0), "person", 0.35),  # unsure: asked about
+        Detection((300.0, 100.0, 360.0, 220.0), "person", 0.35),  # as unsure, larger
+    ]
+    result = FrameResult(frame=0, time=1.0, source="t", detections=found)
+    two = PrivacyFilter.create("crops", str(model_dir), policy=PrivacyPolicy(max_crops=2))
+
+    regions = two.crop_regions(result, 640, 480)
+
+    assert regions == [(270, 40, 390, 280), (380, 60, 460, 220)]  # equal scores: largest first
 
 
 def test_crops_mode_with_nothing_to_crop_sends_no_pixels(
