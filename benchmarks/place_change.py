@@ -53,7 +53,7 @@ from clients.privacy_filter import shown_regions  # noqa: E402
 from fedge.core.geometry import covered_share, iou_matrix  # noqa: E402
 from fedge.core.records import Detection, Person  # noqa: E402
 
-__all__ = ["BINS", "main"]
+__all__ = ["BINS", "main", "sent_objects"]
 
 BINS = (2.0, 4.0, 8.0, 16.0, 32.0)
 """Upper edges of the change bins (grey levels); the last bin is open."""
@@ -67,6 +67,22 @@ def _person_at(box: Any, people: list[Any]) -> bool:
     return bool(
         iou_matrix(np.asarray([box], np.float64), np.asarray(people, np.float64)).max() >= 0.5
     )
+
+
+def sent_objects(
+    boxes: list[dict[str, Any]], poses: list[dict[str, Any]], width: int, height: int
+) -> list[Any]:
+    """The person and pose boxes (stored records' dicts) that a ``crops`` case of a
+    ``width`` x ``height`` frame showed, as the selector remembers them (all of them when
+    the case has no crop)."""
+    objects = [b["box"] for b in boxes if b["label"] == "person"] + [p["box"] for p in poses]
+    posed = [Person(np.asarray(p["landmarks"]), p["score"], (*p["box"],)) for p in poses]
+    found = [Detection(tuple(b["box"]), b["label"], b["score"]) for b in boxes]
+    crops = shown_regions("crops")(posed, found, width, height)
+    if crops is None or not objects:
+        return objects
+    inside = covered_share(np.asarray(objects, np.float64), crops)
+    return [b for b, share in zip(objects, inside, strict=True) if share >= PLACE_INSIDE]
 
 
 def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]], teacher: Any,
@@ -101,7 +117,6 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
             people[frame] = [d.box for d in found if d.label == "person"]
         return people[frame]
 
-    shows = shown_regions("crops")
     sent: list[tuple[int, list[Any]]] = []  # (frame, grown boxes of what it showed)
     out = []
     for number, stretch in enumerate(site["stretches"]):
@@ -124,17 +139,7 @@ def _site_rows(work: Path, site: dict[str, Any], bands: list[tuple[float, float]
                 then_p = "person" if _person_at(box, teacher_people(then)) else "none"
                 out.append((now_p, then_p, change))
             if hard and not any(str(r).startswith("suppressed") for r in reasons):
-                shown_boxes = [b["box"] for b in boxes if b["label"] == "person"]
-                shown_boxes += [p["box"] for p in poses]
-                people = [
-                    Person(np.asarray(p["landmarks"]), p["score"], (*p["box"],)) for p in poses
-                ]
-                found = [Detection(tuple(b["box"]), b["label"], b["score"]) for b in boxes]
-                crops = shows(people, found, *load(frame).shape[1::-1])
-                if crops is not None:  # only what the case showed (as the selector)
-                    inside = covered_share(np.asarray(shown_boxes, np.float64), crops)
-                    shown_boxes = [b for b, s in zip(shown_boxes, inside, strict=True)
-                                   if s >= PLACE_INSIDE]  # fmt: skip
+                shown_boxes = sent_objects(boxes, poses, *load(frame).shape[1::-1])
                 sent.append((frame, [grown_box(tuple(b), margin) for b in shown_boxes]))
     return out
 

@@ -295,6 +295,11 @@ def _demo() -> str:
                 "on the bundled clip, defaults with --place-change 8, on a 2-core AMD EPYC "
                 "Zen 4 (AVX-512)",
             ),
+            _demo_run(
+                "demo_clip_zen4_shown",
+                "on the bundled clip, defaults with only the objects a case shows asked about "
+                "and crops for the least sure first, on a 2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
         ]
     )
 

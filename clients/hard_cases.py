@@ -72,8 +72,8 @@ pixels there differ from that frame's by at most ``place_max_change`` grey level
 average (each region's own mean taken out, so a change of light is no change), counts as
 asked about: the cloud has seen exactly this there, whatever box shape a new detector
 version draws around it. On the demo clip (``benchmarks/place_change.py``) in-band boxes
-on background changed by a median 1.3 grey levels since a sent frame, and boxes where
-someone had stepped in by a median 53 (3 of 121 by 8 or less), so the default 8 keeps them
+on background changed by a median 1.4 grey levels since a sent frame, and boxes where
+someone had stepped in by a median 50 (2 of 104 by 8 or less), so the default 8 keeps them
 apart. Alone, without ``place_iou``, it would not take someone who steps into such a
 place as asked about: they change its pixels. Both rules remember only the objects a sent
 frame showed, as ``asked`` does.
