@@ -24,19 +24,20 @@ With ``policy.track_min_iou > 0`` the selector tracks the boxes from frame to fr
 per frame: every tracked object that a frame going to the cloud shows is marked
 ``asked`` (the case carries every box; in ``crops`` mode an object counts as shown when
 ``PLACE_INSIDE`` of its box lies inside the case's crops, which the selector's ``shows``
-says: the privacy filter keeps the ``max_crops`` largest, so on a frame with more person
-boxes the smallest objects stay to be asked), and an uncertain box of an asked object no
-longer makes a frame hard (counted in ``SelectorStats.already_asked`` when it is the
-frame's only reason). A frame that was held back marks nothing, so its objects stay to
-be asked. With ``policy.track_confirm`` (the default) an object is also known once the
-detector running now was sure of it: a box of its track scored at or above the top of
-its label's band on this or an earlier frame. A person walking through the view scores
-above the band on most frames and dips into it on some (a turn, a partial occlusion);
-the dips of a person the detector has already found are not doubt about whether a person
-is there, and asking the cloud about them would spend the uplink on flicker (counted in
-``SelectorStats.already_confirmed``). A new detector version (``set_band``) starts every
-confirmation afresh: what an earlier version was sure of says nothing about the new one;
-the cloud's answers (``asked``) stay.
+says: the privacy filter keeps ``max_crops`` crops, for the people it is least sure of
+first, so on a crowded frame the objects left out stay to be asked), and an uncertain
+box of an asked object no longer makes a frame hard (counted in
+``SelectorStats.already_asked`` when it is the frame's only reason). A frame that was
+held back marks nothing, so its objects stay to be asked. With ``policy.track_confirm``
+(the default) an object is also known once the detector running now was sure of it: a
+box of its track scored at or above the top of its label's band on this or an earlier
+frame. A person walking through the view scores above the band on most frames and dips
+into it on some (a turn, a partial occlusion); the dips of a person the detector has
+already found are not doubt about whether a person is there, and asking the cloud about
+them would spend the uplink on flicker (counted in ``SelectorStats.already_confirmed``).
+A new detector version (``set_band``) starts every confirmation afresh: what an earlier
+version was sure of says nothing about the new one; the cloud's answers (``asked``)
+stay.
 
 The pose/box check is asked once per object too: the poses are tracked like the boxes
 (a tracker of their own), a confident box without a pose counts as its box's object and a
@@ -112,7 +113,6 @@ from fedge.core.records import Detection, Person
 
 __all__ = [
     "Clock",
-    "Shows",
     "DisagreementCheck",
     "HardCaseDecision",
     "HardCaseEvent",
@@ -124,6 +124,7 @@ __all__ = [
     "Reason",
     "ScoreBand",
     "SelectorStats",
+    "Shows",
     "Suppression",
     "TOKEN_TOLERANCE",
     "TokenBucket",
