@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clients.hard_cases import ScoreBand
+import numpy as np
 
-__all__ = ["MODELS", "read_plan", "version_bands"]
+from clients.hard_cases import ScoreBand
+from fedge.core.records import Detection, Person
+
+__all__ = ["MODELS", "read_plan", "stored_detections", "stored_persons", "version_bands"]
 
 MODELS = Path("server") / "demo" / "models"
 """Where a demo's folder keeps the versions the server exported (relative to it)."""
@@ -38,3 +41,15 @@ def version_bands(work: Path, rounds: int) -> list[ScoreBand | None]:
             else ScoreBand(calibration.uncertain_low, calibration.uncertain_high)
         )
     return bands
+
+
+def stored_detections(boxes: list[dict[str, Any]]) -> list[Detection]:
+    """A frame record's ``detections`` column (parsed JSON) as detections."""
+    return [Detection(tuple(b["box"]), b["label"], float(b["score"])) for b in boxes]
+
+
+def stored_persons(poses: list[dict[str, Any]]) -> list[Person]:
+    """A frame record's ``persons`` column (parsed JSON) as persons."""
+    return [
+        Person(np.asarray(p["landmarks"], np.float64), p["score"], tuple(p["box"])) for p in poses
+    ]

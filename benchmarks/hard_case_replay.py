@@ -51,7 +51,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from demo_work import read_plan, version_bands  # noqa: E402  (benchmarks/demo_work.py)
+from demo_work import (  # noqa: E402  (benchmarks/demo_work.py)
+    read_plan,
+    stored_detections,
+    stored_persons,
+    version_bands,
+)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
@@ -151,16 +156,13 @@ def _records(work: Path, site: dict[str, Any]) -> list[list[FrameRecord]]:
             if frame not in rows:
                 continue  # corrupt in the source: never processed
             t, boxes, poses, reasons = rows[frame]
-            found = [Detection(tuple(b["box"]), b["label"], float(b["score"])) for b in boxes]
+            found = stored_detections(boxes)
             records.append(
                 FrameRecord(
                     time=t,
                     detections=tuple(d for d in found if d.label != "motion"),
                     motion=tuple(d for d in found if d.label == "motion"),
-                    persons=tuple(
-                        Person(np.asarray(p["landmarks"], np.float64), p["score"], tuple(p["box"]))
-                        for p in poses
-                    ),
+                    persons=tuple(stored_persons(poses)),
                     reasons=tuple(reasons),
                     image=cv2.imread(str(work / "frames" / f"{frame:06d}.jpg")),
                 )

@@ -38,7 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from demo_work import read_plan, version_bands  # noqa: E402  (benchmarks/demo_work.py)
+from demo_work import (  # noqa: E402  (benchmarks/demo_work.py)
+    read_plan,
+    stored_detections,
+    stored_persons,
+    version_bands,
+)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from tables import write_table  # noqa: E402  (benchmarks/tables.py)
 
@@ -51,7 +56,6 @@ from clients.hard_cases import (  # noqa: E402
 )
 from clients.privacy_filter import shown_regions  # noqa: E402
 from fedge.core.geometry import covered_share, iou_matrix  # noqa: E402
-from fedge.core.records import Detection, Person  # noqa: E402
 
 __all__ = ["BINS", "main", "sent_objects"]
 
@@ -76,9 +80,7 @@ def sent_objects(
     ``width`` x ``height`` frame showed, as the selector remembers them (all of them when
     the case has no crop)."""
     objects = [b["box"] for b in boxes if b["label"] == "person"] + [p["box"] for p in poses]
-    posed = [Person(np.asarray(p["landmarks"]), p["score"], (*p["box"],)) for p in poses]
-    found = [Detection(tuple(b["box"]), b["label"], b["score"]) for b in boxes]
-    crops = shown_regions("crops")(posed, found, width, height)
+    crops = shown_regions("crops")(stored_persons(poses), stored_detections(boxes), width, height)
     if crops is None or not objects:
         return objects
     inside = covered_share(np.asarray(objects, np.float64), crops)

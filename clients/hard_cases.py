@@ -540,7 +540,7 @@ class HardCaseSelector:
         bands = self._bands
         asked = self.policy.ask_labels
         own = self.detector_labels or ()
-        every = [*detections, *(proposals or ())]  # what the case will carry
+        carried = detections  # the case carries them all, whatever ask_labels filters
         if asked and any(label in asked for label in own):  # (module docstring)
             detections = [d for d in detections if d.label in asked]
         frame_time = self.clock() if now is None else now
@@ -573,7 +573,8 @@ class HardCaseSelector:
                 return HardCaseDecision()
             decision = self._cold_start_sample(image, frame_time)
             if decision.hard:
-                self._mark_asked(tracks, frame_time, image, self._shown(image, persons, every))
+                shown = self._shown(image, persons, carried, proposals)
+                self._mark_asked(tracks, frame_time, image, shown)
             return decision
         if not reasons:
             return HardCaseDecision()
@@ -588,7 +589,8 @@ class HardCaseSelector:
             return HardCaseDecision(reasons, Suppression.RATE_LIMITED)
         self._recent.append((frame_time, fingerprint))
         self.stats.hard += 1
-        self._mark_asked(tracks, frame_time, image, self._shown(image, persons, every))
+        shown = self._shown(image, persons, carried, proposals)
+        self._mark_asked(tracks, frame_time, image, shown)
         return HardCaseDecision(reasons)
 
     def _settle(
@@ -704,14 +706,18 @@ class HardCaseSelector:
         return shown
 
     def _shown(
-        self, image: np.ndarray, persons: Sequence[Person], detections: Sequence[Detection]
+        self,
+        image: np.ndarray,
+        persons: Sequence[Person],
+        detections: Sequence[Detection],
+        proposals: Sequence[Detection] | None,
     ) -> Sequence[Box] | None:
-        """``shows`` for this frame (``None``: every object, also when there is no
-        ``shows``)."""
+        """``shows`` for a frame that goes, with its motion ``proposals`` (``None``: every
+        object, also when there is no ``shows``)."""
         if self.shows is None:
             return None
         height, width = image.shape[:2]
-        return self.shows(persons, detections, width, height)
+        return self.shows(persons, [*detections, *(proposals or ())], width, height)
 
     def _mark_asked(
         self,
