@@ -30,6 +30,7 @@ Usage::
     python benchmarks/demo_loop.py --source data/samples/vtest_clip.mp4 --rounds 3 \
         --cold-start-share 0.4 \
         --out-dir benchmarks/results/demo_clip           # the README's default demo
+    python benchmarks/demo_loop.py --labels-only --work WORK --out-dir DIR  # labels.md again
 """
 
 from __future__ import annotations
@@ -209,26 +210,32 @@ def label_audit(work: Path, sites: list[str], teacher: Any | None = None) -> str
     rules = ExampleRules()
     sources = {"both": 0, "teacher only": 0, "node only": 0}
     # node-only boxes by where they lie: [boxes, people by the whole-frame teacher]
-    node_only = {"looked": [0, 0], "unseen": [0, 0]}
+    # ... and below the floor ("rejected": looked at, the teacher found nobody)
+    node_only = {"looked": [0, 0], "unseen": [0, 0], "rejected": [0, 0]}
     for site in sites:
         store = FrameStore.open_reader(work / "sites" / site / "store")
         try:
             for stored in store.iter_frames(labelled_only=True):
                 label = stored.frame_label
-                mine = []
+                mine, below = [], []
                 for box in label.boxes if label is not None else ():
-                    if box.label != "person" or box.score < rules.label_min_score:
+                    if box.label != "person":
+                        continue
+                    if box.score < rules.label_min_score:
+                        lone = box.edge_score is not None and box.cloud_score is None
+                        below += [box.box] if lone else []
                         continue
                     key = ("both" if box.cloud_score is not None else "node only") if (
                         box.edge_score is not None) else "teacher only"  # fmt: skip
                     sources[key] += 1
                     mine += [box.box] if key == "node only" else []
-                if not mine or teacher is None or label is None:
+                if not (mine or below) or teacher is None or label is None:
                     continue
-                boxes = np.asarray(mine, np.float64)
+                boxes = np.asarray([*mine, *below], np.float64).reshape(-1, 4)
                 looked = np.ones(len(boxes), bool)
                 if label.coverage is not None:
-                    looked = covered_share(boxes, np.asarray(label.coverage)) >= LOOKED_SHARE
+                    coverage = np.asarray(label.coverage, np.float64).reshape(-1, 4)
+                    looked = covered_share(boxes, coverage) >= LOOKED_SHARE
                 found = [d.box for d in teacher.detect_image(stored.load_image())
                          if d.label == "person" and d.score >= rules.label_min_score]  # fmt: skip
                 people = (
@@ -236,7 +243,12 @@ def label_audit(work: Path, sites: list[str], teacher: Any | None = None) -> str
                     if found
                     else np.zeros(len(boxes), bool)
                 )
-                for where, mask in (("looked", looked), ("unseen", ~looked)):
+                above = np.arange(len(boxes)) < len(mine)
+                for where, mask in (
+                    ("looked", above & looked),
+                    ("unseen", above & ~looked),
+                    ("rejected", ~above & looked),
+                ):
                     node_only[where][0] += int(mask.sum())
                     node_only[where][1] += int((mask & people).sum())
         finally:
@@ -260,6 +272,11 @@ def label_audit(work: Path, sites: list[str], teacher: Any | None = None) -> str
             f"trains on the latter only as on its own boxes (edge score from "
             f"{rules.self_min_score:g}, weight {rules.own_weight:g}), else ignores them "
             "(`clients.tasks.detector_data`).",
+            "",
+            f"Below the floor, {node_only['rejected'][0]} node-only boxes lie where the cloud "
+            f"looked (the teacher found nobody there), {node_only['rejected'][1]} of them "
+            "people by the teacher run on the whole frame: a node trains on their pixels as "
+            "background.",
             "",
         ]
     if not models:
@@ -352,7 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-worker", dest="warm_worker", action="store_false")
     parser.add_argument("--work", type=Path, help="the demo's --out (default: a temp folder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="only rewrite --out-dir's labels.md from the finished demo in --work",
+    )
     args = parser.parse_args(argv)
+    if args.labels_only:
+        return _labels_only(parser, args.work, args.out_dir)
     if not args.source.exists():
         raise SystemExit(f"{args.source} not found: apt-get install opencv-doc, or --source")
     from fedge.core.signals import stop_signals_interrupt
@@ -468,6 +492,22 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "fusion.md").read_text())
     print((out / "labels.md").read_text())
     print(json.dumps({"work": str(work)}))
+    return 0
+
+
+def _labels_only(parser: argparse.ArgumentParser, work: Path | None, out: Path) -> int:
+    """``--labels-only``: ``labels.md`` of the finished demo in ``work``, into ``out``."""
+    from demo_work import read_plan
+
+    from server.cloud.teacher import build_teacher
+
+    if work is None:
+        parser.error("--labels-only needs --work: the finished demo's folder")
+    plan = read_plan(parser, work)
+    sites = [f"site-{site['site']}" for site in plan["sites"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels.md").write_text(label_audit(work, sites, build_teacher()), encoding="utf-8")
+    print((out / "labels.md").read_text())
     return 0
 
 

@@ -224,7 +224,7 @@ def test_case_looked_is_what_each_mode_showed_the_teacher() -> None:
     assert case_looked(landmarks) == ()
 
 
-def test_a_real_teacher_turns_an_unconfirmed_edge_box_in_a_crop_into_an_ignored_region() -> None:
+def test_a_real_teacher_scores_an_unconfirmed_edge_box_in_a_crop_below_the_label_floor() -> None:
     # Prepare: a clip frame; the edge reports a person at 0.45 on a patch of empty floor
     # (the HOG teacher finds nobody there) and sends it as a crops case
     from clients.privacy_filter import PrivacyMode, build_hard_case

@@ -27,6 +27,7 @@ from clients.tasks.detector_data import (
 from clients.tasks.detector_eval import FrameDetections, map50
 from clients.uploader import Uploader, UploaderConfig
 from data.frame_store import FrameStore, LabelStatus
+from fedge.core.geometry import iou_matrix
 from fedge.core.labels import LABEL_SCHEMA_VERSION, FrameLabel, LabelBox, LabelError
 from fedge.core.proto import cloud_pb2
 from fedge.core.records import Detection, FrameResult
@@ -368,3 +369,43 @@ def test_the_nodes_own_guess_where_the_cloud_did_not_look_is_no_cloud_label(
     # a whole frame: the fused score alone decides
     assert len(frame.boxes) == 4 and frame.weights.tolist() == [1.0] * 4
     assert len(frame.ignore) == 0
+
+
+def test_a_box_the_teacher_looked_at_and_did_not_find_trains_as_background(
+    tmp_path: Path,
+) -> None:
+    """The answer to a hard case about the node's own box is often "nobody here": an
+    edge-only box below the label floor where the cloud looked. Its anchors are
+    background at full weight (a window the student keeps scoring in its band must be
+    learnt as background, or every site asks about it again); a weak teacher box (both
+    sources, below the floor) stays an ignored region, and so does the node's unsure box
+    where the cloud did not look."""
+    rejected = (270.0, 110.0, 320.0, 200.0)  # inside CROP, no teacher box: the teacher's no
+    weak_pair = (160.0, 290.0, 200.0, 350.0)  # inside CROP, the teacher unsure too
+    unseen = (500.0, 300.0, 560.0, 450.0)  # outside CROP: the cloud never saw it
+    boxes = (
+        LabelBox(PERSON, "person", 0.9, edge_score=0.8, cloud_score=0.95),
+        LabelBox(rejected, "person", 0.2, edge_score=0.4),
+        LabelBox(weak_pair, "person", 0.25, edge_score=0.35, cloud_score=0.15),
+        LabelBox(unseen, "person", 0.2, edge_score=0.4),
+    )
+
+    def label(coverage: tuple[tuple[float, float, float, float], ...] | None) -> FrameLabel:
+        return FrameLabel(
+            boxes=boxes, source="cloud", fusion_method="mean", teacher_version="t",
+            frame_width=640, frame_height=480, coverage=coverage,
+        )  # fmt: skip
+
+    _store_with_labels(tmp_path, [label((CROP,)), label(None)])
+    crops, frame = sorted(list_examples(tmp_path, ALL_TRAIN).train, key=lambda e: e.frame_id)
+
+    assert crops.boxes.tolist() == [list(PERSON)] == frame.boxes.tolist()
+    assert crops.ignore.tolist() == [list(weak_pair), list(unseen)]
+    assert frame.ignore.tolist() == [list(weak_pair)]  # a whole frame: it looked everywhere
+    targets = StoreBatches([crops], batch_size=1, augmentation=False, seed=3)[0][1][0]
+    anchors = _anchor_corners()
+    near_rejected = iou_matrix(anchors, np.array([rejected]) / SIZE)[:, 0] >= 0.4
+    near_weak = iou_matrix(anchors, np.array([weak_pair]) / SIZE)[:, 0] >= 0.4
+    assert near_rejected.sum() > 0 and near_weak.sum() > 0
+    assert (targets[near_rejected, 4] == 0).all() and (targets[near_rejected, 5] == 1.0).all()
+    assert (targets[near_weak, 4] == -1).all()

@@ -8,8 +8,15 @@ into examples; only file paths and boxes are held, the JPEGs are read a batch at
 - **Cloud-labelled frames** (label status ``labelled``, a :class:`~fedge.core.labels.FrameLabel`
   with the fused boxes): every ``person`` box whose fused score is at least
   ``label_min_score`` is a target of weight :data:`CLOUD_WEIGHT` (1.0); boxes below it are
-  *ignored regions* (anchors overlapping them are neither person nor background). The
-  exception is the node's own guess where the cloud did not look: a box only the node
+  *ignored regions* (anchors overlapping them are neither person nor background), except
+  the node's own boxes the teacher looked at and did not find (an edge-only box below the
+  floor where the cloud looked): that silence is the cloud's answer to the hard case,
+  "nobody here", and the box's anchors are background like the rest of what the cloud
+  saw. (Ignoring them threw the answer away: the student kept scoring the same window,
+  door and car in its uncertainty band version after version, and every site asked
+  about them again; ``benchmarks/demo_loop.py``'s ``labels.md`` counts such boxes and
+  how many of them the teacher run on the whole frame calls people.) The other exception
+  is the node's own guess where the cloud did not look: a box only the node
   reported (no cloud score) with less than ``LOOKED_SHARE`` (60%) of its area in any crop
   of a ``crops`` label, or any such box in a ``landmarks`` label (the cloud saw the
   poses' landmarks, not the node's detector boxes without a pose). Fusion scores the
@@ -181,6 +188,8 @@ def _cloud_example(frame: StoredFrame, rules: ExampleRules) -> DetectorExample |
         elif box.score >= rules.label_min_score:
             sure.append(box.box)
             weights.append(CLOUD_WEIGHT)
+        elif box.cloud_score is None and box.edge_score is not None:
+            continue  # the teacher looked there and found nobody: background, the answer
         else:
             unsure.append(box.box)
     if coverage is not None and len(coverage) == 0 and not sure:

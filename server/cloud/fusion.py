@@ -34,8 +34,9 @@ case; ``looked``) and no teacher box matching it scores :data:`CLOUD_SILENT_SCOR
 the cloud's, because the teacher saw those pixels and found nobody. So the node's own
 unconfirmed guesses do not come back to it as labels: with ``mean``, an edge-only box
 the teacher looked at is a label (fused score >= 0.3) only from an edge score of 0.6, and
-below that it becomes an ignored region of the label (under the old rule they were
-fused to about 0.4 and trained on as persons). Nothing is dropped: every box either source reported
+below that the node trains on its pixels as background, the teacher's answer
+(``clients.tasks.detector_data``; under the old rule they were fused to about 0.4 and
+trained on as persons). Nothing is dropped: every box either source reported
 comes out once, with both sources' original scores (``None`` for the silent one) beside
 the fused score.
 
