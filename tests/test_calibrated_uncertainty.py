@@ -166,6 +166,24 @@ def test_an_imprecise_model_operates_where_its_f1_peaks_with_a_wide_band() -> No
     assert (calibration.uncertain_low, calibration.uncertain_high) == pytest.approx((0.3, 1.0))
 
 
+def test_the_band_never_closes_at_the_operating_score() -> None:
+    # Prepare: precision steps from 0.2 (b7 = [0.35, 0.40)) to 0.8 (b8 = [0.40, 0.45))
+    tp, fp = _bins(b2=(0, 30), b7=(2, 8), b8=(16, 4))
+
+    # Execute
+    calibration = calibrate_scores(tp, fp, references=20, frames=5)
+
+    # Assert: F1 from 0.40 is 2*16/(20+20) = 0.8, from 0.35 2*18/(30+20) = 0.72; no bin's
+    # error reaches 0.3 (b7: a miss 20% of the time, b8: a false box 20%), so the band is
+    # the bin on either side of the decision instead of empty
+    assert calibration is not None
+    assert calibration.operating_score == pytest.approx(0.4)
+    assert all(calibration.error_probability(s) < 0.3 for s in (0.12, 0.37, 0.42))
+    assert (calibration.uncertain_low, calibration.uncertain_high) == pytest.approx((0.35, 0.45))
+    assert calibration.uncertain(0.36) and calibration.uncertain(0.44)
+    assert not calibration.uncertain(0.3) and not calibration.uncertain(0.45)
+
+
 def test_too_little_evidence_gives_no_calibration() -> None:
     tp, fp = _bins(b10=(9, 30))  # 9 true positives < 10
     assert calibrate_scores(tp, fp, references=9, frames=3) is None
