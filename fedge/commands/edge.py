@@ -32,7 +32,7 @@ from fedge.core.errors import CaptureError, ConfigError
 from fedge.core.signals import stop_signals_interrupt
 
 if TYPE_CHECKING:
-    from clients.hard_cases import HardCasePolicy
+    from clients.hard_cases import HardCasePolicy, HardCaseSelector
     from clients.hot_swap import DetectorFollower
     from clients.motion import MotionProposer
 
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_SOURCE",
     "DEFAULT_STORE_DIR",
     "default_pose_workers",
+    "hard_case_selector",
     "register",
     "usable_cores",
 ]
@@ -322,12 +323,27 @@ def _check_person_flags(args: argparse.Namespace) -> None:
         )
 
 
+def hard_case_selector(
+    policy: HardCasePolicy,
+    labels: tuple[str, ...] | None,
+    top_down: bool,
+    privacy: str | None,
+) -> HardCaseSelector:
+    """The agent's hard-case selector: in cold start until a person detector runs
+    (``top_down``); with an uplink (``privacy``: its mode), only the objects the mode's
+    cases show count as asked about (``clients.privacy_filter.shown_regions``)."""
+    from clients.hard_cases import HardCaseSelector
+    from clients.privacy_filter import shown_regions
+
+    shows = None if privacy is None else shown_regions(privacy)
+    return HardCaseSelector(policy, detector_labels=labels, cold_start=not top_down, shows=shows)
+
+
 def _run(args: argparse.Namespace) -> int:
     from clients.capture import Capture, CaptureConfig
     from clients.drawing import annotate
     from clients.edge_console import EdgeConsole
     from clients.edge_outputs import JsonlSink, VideoSink, WindowSink
-    from clients.hard_cases import HardCaseSelector
     from clients.hot_swap import swap_into
     from clients.pipeline import Pipeline
     from data.frame_store import FrameStore
@@ -360,14 +376,8 @@ def _run(args: argparse.Namespace) -> int:
             store = FrameStore(args.store_dir, budget_bytes=budget)
         top_down = _top_down(args, follower)
         labels = _detector_labels(detector, person_model=top_down)
-        shows = None
-        if uplink is not None:  # only the objects a case shows count as asked about
-            from clients.privacy_filter import shown_regions
-
-            shows = shown_regions(uplink.privacy)
-        selector = HardCaseSelector(
-            policy, detector_labels=labels, cold_start=not top_down, shows=shows
-        )
+        privacy = None if uplink is None else uplink.privacy
+        selector = hard_case_selector(policy, labels, top_down, privacy)
         if follower is not None and follower.active is not None:  # its calibrated thresholds
             from clients.hot_swap import apply_version
 
