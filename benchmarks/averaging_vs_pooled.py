@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         # the parallel schedule: the run whose stores the committed tables were measured on
         run_demo(DemoOptions(source=CLIP, out=work, app_dir=REPO, schedule="parallel"))
 
-    from clients.tasks.detector_data import StoreBatches
+    from clients.tasks.detector_batches import StoreBatches
     from clients.tasks.detector_eval import map50, predict_float
     from clients.tasks.person_detector import _node_trainer
     from models.person_detector import build_person_detector

@@ -46,13 +46,13 @@ from typing import Any
 if "tensorflow" not in sys.modules:  # as models.training: oneDNN kernels on AVX2 CPUs too
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 from models.box_coding import DEFAULT_ANCHORS, TARGET_COLUMNS, AnchorSpec, encode_targets
+from models.detector_input import INPUT_MEAN, INPUT_STD, frame_to_input, normalize_input
 
 __all__ = [
     "BN_MOMENTUM",
@@ -72,8 +72,6 @@ __all__ = [
 ]
 
 PERSON_LABELS = ("person",)
-INPUT_MEAN = 127.5
-INPUT_STD = 127.5
 BN_MOMENTUM = 0.9
 PRIOR_PROBABILITY = 0.01
 """Initial person probability of every anchor (focal-loss prior; keeps the first steps stable)."""
@@ -91,35 +89,6 @@ _STAGES = (
     (4, 80, 2, 2),  # stride 32 -> level 2
 )
 _LEVEL_STAGES = (2, 4, 5)
-
-
-def frame_to_input(frame_bgr: np.ndarray, spec: AnchorSpec = DEFAULT_ANCHORS) -> np.ndarray:
-    """Return ``frame_bgr`` stretched to the input size as RGB uint8 ``(H, W, 3)``.
-
-    Sampled exactly as ``clients.detector.Detector`` samples a whole frame (an affine map
-    of the frame's corners onto the input's, bilinear, no antialiasing), so training and
-    calibration see the pixels the node's model sees; a half-pixel difference in the
-    sampling moves an undertrained model's scores by up to ~0.1. Boxes in frame pixels
-    become input-normalized by dividing by the frame's size.
-    """
-    height, width = frame_bgr.shape[:2]
-    matrix = np.array(
-        [[spec.input_width / width, 0.0, 0.0], [0.0, spec.input_height / height, 0.0]]
-    )
-    resized = cv2.warpAffine(
-        frame_bgr,
-        matrix,
-        (spec.input_width, spec.input_height),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-
-
-def normalize_input(images: np.ndarray) -> np.ndarray:
-    """RGB uint8 ``(..., H, W, 3)`` to the model's float32 ``(pixel - 127.5) / 127.5``."""
-    return (np.asarray(images, dtype=np.float32) - INPUT_MEAN) / INPUT_STD
 
 
 def _bn(name: str) -> Any:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from clients.privacy_filter import PrivacyFilter, case_coverage
+from clients.tasks.detector_batches import StoreBatches
 from clients.tasks.detector_data import (
     UNSEEN_BACKGROUND_WEIGHT,
     ExampleRules,
-    StoreBatches,
     covered_share,
     example_targets,
     list_examples,

@@ -22,11 +22,11 @@ from loopback_grid import LoopbackGrid
 
 from clients.client_app import app as client_app
 from clients.tasks import get_task
+from clients.tasks.detector_batches import StoreBatches
 from clients.tasks.detector_data import (
     CLOUD_WEIGHT,
     DetectorExample,
     ExampleRules,
-    StoreBatches,
     augment,
     example_targets,
     is_held_out,

@@ -5,6 +5,7 @@ with its owner, and is replaced by in-process work when it cannot run."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,27 @@ node = task.node_setup(cfg, {"store-dir": sys.argv[1]})
 weights = list(np.load(sys.argv[2]).values())
 out = task.train(cfg, node, weights, server_round=2, proximal_mu=0.0, correction=None)
 np.savez(sys.argv[3], *out.weights)
+"""
+
+
+_CLIENTAPP_PROCESS = """
+import json
+import sys
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from clients.client_app import app
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as a ServerApp
+weights = list(np.load(sys.argv[2]).values())
+content = RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 2})})
+message = Message(content, dst_node_id=7, message_type="evaluate")
+node_config = {"store-dir": sys.argv[1], "warm-worker": "true"}
+context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
+                  run_config=json.loads(sys.argv[3]))
+reply = app(message, context)
+metrics = dict(reply.content.metric_records["metrics"])
+heavy = sorted(name for name in ("tensorflow", "keras") if name in sys.modules)
+print(json.dumps({"heavy": heavy, "metrics": metrics}))
 """
 
 
@@ -145,6 +167,33 @@ def test_the_worker_trains_as_a_fresh_process_does_and_stays_warm(
     }
     assert first.num_examples == second.num_examples > 0
     assert 0.0 <= evaluated.metrics["eval_map50"] <= 1.0 and evaluated.num_examples > 0
+
+
+def test_a_clientapp_that_hands_evaluation_to_the_worker_never_imports_tensorflow(
+    detector_store: Path, tmp_path: Path
+) -> None:
+    # Arrange: a global model, and the run config as Flower hands it to the ClientApp
+    cfg, task = DETECTOR, get_task("person-detector")
+    weights = task.initial_weights(RunConfig(task="person-detector", seed=11))
+    np.savez(tmp_path / "in.npz", *weights)
+    run_config = json.dumps(cfg.to_mapping())
+    expected = task.evaluate(
+        cfg, task.node_setup(cfg, {"store-dir": str(detector_store)}), weights, server_round=2
+    )
+    # Execute: a fresh process runs the ClientApp on an evaluate message, as Flower does
+    # (its worker leaves with it: the process is the worker's owner)
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENTAPP_PROCESS, str(detector_store),
+         str(tmp_path / "in.npz"), run_config],
+        check=True, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # Assert: the worker evaluated (the same mAP as this process), and the ClientApp
+    # process never loaded TensorFlow or Keras (seconds of CPU per message otherwise)
+    assert out["metrics"][REQUESTS_METRIC] == 1.0
+    assert out["metrics"]["eval_map50"] == expected.metrics["eval_map50"]
+    assert out["metrics"]["eval-frames"] == expected.metrics["eval-frames"] > 0
+    assert out["heavy"] == []
 
 
 def test_a_task_error_in_the_worker_comes_back_as_the_same_error(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Examples
 --------
 Every round the node lists its store again (it grows between rounds) and turns frames
-into examples; only file paths and boxes are held, the JPEGs are read a batch at a time.
+into examples; only file paths and boxes are held, the JPEGs are read a batch at a time
+(:class:`clients.tasks.detector_batches.StoreBatches`, the one part that needs Keras).
 
 - **Cloud-labelled frames** (label status ``labelled``, a :class:`~fedge.core.labels.FrameLabel`
   with the fused boxes): every ``person`` box whose fused score is at least
@@ -63,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import zlib
 from collections.abc import Sequence
@@ -71,7 +71,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 
 from data.frame_store import FrameStore, StoredFrame
@@ -80,12 +79,11 @@ from fedge.core.geometry import LOOKED_SHARE, covered_share, iou_matrix
 from fedge.core.labels import LabelBox, LabelError
 from models.box_coding import (
     DEFAULT_ANCHORS,
-    TARGET_COLUMNS,
     AnchorSpec,
     encode_targets,
     generate_anchors,
 )
-from models.person_detector import frame_to_input, normalize_input
+from models.detector_input import frame_to_input
 
 __all__ = [
     "UNSEEN_BACKGROUND_WEIGHT",
@@ -93,7 +91,6 @@ __all__ = [
     "DetectorExample",
     "ExampleRules",
     "NodeExamples",
-    "StoreBatches",
     "AugmentedView",
     "augment",
     "augment_view",
@@ -102,6 +99,7 @@ __all__ = [
     "is_held_out",
     "list_examples",
     "load_input",
+    "read_frame",
     "seen_detections",
 ]
 
@@ -283,10 +281,11 @@ def list_examples(store_dir: str | os.PathLike[str], rules: ExampleRules) -> Nod
 
 def load_input(example: DetectorExample, spec: AnchorSpec = DEFAULT_ANCHORS) -> np.ndarray:
     """The example's frame as the detector's RGB uint8 input (no augmentation)."""
-    return frame_to_input(_read(example), spec)
+    return frame_to_input(read_frame(example), spec)
 
 
-def _read(example: DetectorExample) -> np.ndarray:
+def read_frame(example: DetectorExample) -> np.ndarray:
+    """The example's frame as stored (BGR); ``StoreError`` when it is gone or unreadable."""
     image = cv2.imread(str(example.path), cv2.IMREAD_COLOR)
     if image is None:
         raise StoreError(
@@ -455,70 +454,3 @@ def example_targets(
         else:
             targets[negative & unseen, 4] = -1.0
     return targets
-
-
-class StoreBatches(keras.utils.PyDataset):  # type: ignore[misc]
-    """Batches ``(normalized images, targets)`` read from the store's JPEGs on demand.
-
-    Only the current batch's frames are in memory. Batch ``i`` of epoch ``e`` depends only
-    on ``(seed, e, i)`` (order and augmentation), so training is reproducible whatever
-    order Keras asks for batches in. Pass ``shuffle=False`` to ``fit``: the order is ours.
-    """
-
-    def __init__(
-        self,
-        examples: Sequence[DetectorExample],
-        spec: AnchorSpec = DEFAULT_ANCHORS,
-        *,
-        batch_size: int = 8,
-        augmentation: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if not examples:
-            raise ValueError("no training examples to batch")
-        self.examples = list(examples)
-        self.spec = spec
-        self.batch_size = int(batch_size)
-        self.augmentation = augmentation
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.examples) / self.batch_size)
-
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        chosen = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        spec = self.spec
-        images = np.empty((len(chosen), spec.input_height, spec.input_width, 3), np.uint8)
-        targets = np.empty((len(chosen), spec.num_anchors, TARGET_COLUMNS), np.float32)
-        for row, i in enumerate(chosen):
-            example = self.examples[i]
-            frame = _read(example)
-            if self.augmentation:
-                view = augment_view(
-                    frame, example.boxes, example.ignore, rng, spec, coverage=example.coverage
-                )
-                images[row] = view.image
-                boxes, ignore, coverage = view.boxes, view.ignore, view.coverage
-                weights = example.weights[view.keep]
-            else:
-                images[row] = frame_to_input(frame, spec)
-                size = np.array([example.width, example.height] * 2, np.float32)
-                boxes, ignore, weights = (
-                    example.boxes / size,
-                    example.ignore / size,
-                    example.weights,
-                )
-                coverage = None if example.coverage is None else example.coverage / size
-            targets[row] = example_targets(
-                boxes, weights, ignore, example.background, spec, coverage=coverage
-            )
-        return normalize_input(images), targets
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1

@@ -35,7 +35,7 @@ from clients.tasks.detector_data import DetectorExample, load_input, seen_detect
 from export.score_calibration import SCORE_BINS, ScoreCalibration, calibrate_scores, score_bin
 from fedge.core.geometry import iou_matrix
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec, decode_boxes, generate_anchors
-from models.person_detector import normalize_input
+from models.detector_input import normalize_input
 
 __all__ = [
     "FP_BINS_KEY",

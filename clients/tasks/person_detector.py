@@ -75,7 +75,7 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -85,7 +85,6 @@ from clients.tasks.detector_data import (
     DetectorExample,
     ExampleRules,
     NodeExamples,
-    StoreBatches,
     list_examples,
     load_input,
 )
@@ -102,6 +101,9 @@ from fedge.core.errors import ConfigError, StoreError
 from fedge.core.run_config import RunConfig
 from models.box_coding import DEFAULT_ANCHORS, AnchorSpec
 from models.weight_packing import pack_weights, unpack_weights
+
+if TYPE_CHECKING:  # Keras: imported only where the node trains (module detector_batches)
+    from clients.tasks.detector_batches import StoreBatches
 
 __all__ = [
     "CALIBRATION_FRAMES",
@@ -364,6 +366,8 @@ class PersonDetectorTask:
             train = [train[i] for i in sorted(picks)]
         trainer = _node_trainer(cfg.cpu_threads)
         trainer.set_weights(weights)
+        from clients.tasks.detector_batches import StoreBatches  # Keras: only where it trains
+
         batches = StoreBatches(
             train,
             trainer.spec,
