@@ -310,6 +310,11 @@ def _demo() -> str:
                 "on the bundled clip, defaults of 8b097d7 (boxes the teacher looked at and did "
                 "not find train as background), on a 2-core AMD EPYC Zen 4 (AVX-512)",
             ),
+            _demo_run(
+                "demo_clip_zen4_light",
+                "on the bundled clip, defaults of ae952e9 (the ClientApp without TensorFlow), on "
+                "a 2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
         ]
     )
 
