@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--privacy", default="crops")
     parser.add_argument("--fusion", default="mean")
     parser.add_argument("--cold-start-share", type=float, default=0.2)
+    parser.add_argument("--final-frames", type=int, default=20)
     parser.add_argument("--warm-start", action="store_true", help="detector-warm-start")
     parser.add_argument("--schedule", default="auto", help="train-schedule (auto: cyclic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Flower run (0)")
@@ -397,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule=args.schedule,
         seed=args.seed,
         cold_start_share=args.cold_start_share,
+        final_frames=args.final_frames,
         track_iou=args.track_iou,
         track_confirm=args.track_confirm,
         track_doubt=args.track_doubt,

@@ -73,9 +73,34 @@ def test_sites_are_disjoint_time_segments_with_held_out_frames_never_streamed() 
         assert min(streamed + list(site.held_out)) >= site.start
         assert max(streamed + list(site.held_out)) < site.stop
         assert max(streamed) < min(site.held_out)  # held out after the streamed frames
-        assert len(site.stretches[0]) == 26 and {len(s) for s in site.stretches[1:]} == {12}
+        assert [len(s) for s in site.stretches] == [26, 12, 12, 20]  # the last from held-out
+        assert len(site.held_out) == 10
+        assert streamed == list(range(site.start, site.start + 70))  # no gap, no overlap
         assert not seen & (set(streamed) | set(site.held_out))
         seen |= set(streamed) | set(site.held_out)
+
+
+@pytest.mark.parametrize(
+    ("frames", "rounds", "final", "sizes", "held"),
+    [
+        (240, 3, 20, [26, 12, 12, 20], 10),  # the bundled clip: one question is 5%
+        (240, 3, 0, [26, 12, 12, 14], 16),  # no floor: the division's rest goes last
+        (240, 5, 20, [26, 7, 7, 7, 7, 18], 8),  # held-out frames keep half of theirs
+        (240, 1, 20, [26, 38], 16),  # already long enough
+        (795, 10, 20, [85] + [12] * 9 + [20], 52),  # vtest.avi
+    ],
+)
+def test_the_last_stretch_borrows_held_out_frames_to_resolve_five_percent(
+    frames: int, rounds: int, final: int, sizes: list[int], held: int
+) -> None:
+    plan = plan_sites(frames, sites=3, rounds=rounds, final_frames=final)
+    equal = plan_sites(frames, sites=3, rounds=rounds, final_frames=0)
+    for site, unlent in zip(plan.sites, equal.sites, strict=True):
+        assert [len(s) for s in site.stretches] == sizes
+        assert len(site.held_out) == held
+        assert site.stretches[:-1] == unlent.stretches[:-1]  # what the sites train on
+        assert set(site.held_out) <= set(unlent.held_out)  # held out stays the segment's end
+        assert sum(sizes) + held == frames // 3  # every frame used once
 
 
 # --- bad input: exit 2, one line, nothing started -----------------------------------------
@@ -189,7 +214,7 @@ def test_a_stage_without_a_calibration_counts_no_box_uncertainty() -> None:
 def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
     tmp_path: Path,
 ) -> None:
-    # Prepare: 60 frames, 2 sites x (stretches of 10, 7 and 7 frames + 6 held out)
+    # Prepare: 60 frames, 2 sites x (stretches of 10, 7 and 10 frames + 3 held out)
     source = _frames_folder(tmp_path / "frames", 60)
     out = tmp_path / "out"
 
@@ -209,7 +234,13 @@ def test_a_short_demo_writes_every_round_the_report_and_leaves_no_process(
             assert math.isfinite(line[key]), (key, line[key])
         assert set(line["map50"]) == {"site-0", "site-1"}
         assert all(math.isfinite(v) for v in line["persons_per_frame"]["per_site"].values())
-        assert line["frames"] == 2 * (10 if line["round"] == 0 else 7)  # the plan's stretches
+        assert line["frames"] == 2 * (10, 7, 10)[line["round"]]  # the plan's stretches
+        assert line["frames_per_site"] == {
+            "site-0": line["frames"] // 2,
+            "site-1": line["frames"] // 2,
+        }
+        for site, hard in line["hard_case_rate_per_site"].items():
+            assert 0.0 <= line["upload_share_per_site"][site] <= hard <= 1.0  # sent ones are hard
         # every hard frame was either held back (by one suppression) or flagged, and only
         # flagged frames were sent
         held = line["held_back"]

@@ -99,6 +99,16 @@ def register(subparsers: Any) -> None:
         help="share of each site's streamed frames seen in round 0, before any detector "
         "(0.4; the other rounds split the rest)",
     )
+    parser.add_argument(
+        "--final-frames",
+        type=int,
+        default=20,
+        metavar="N",
+        help="frames the last round's stretch gets at least: the final version runs on them "
+        "and nothing trains on them, so their upload rate is the site's after the loop (20: "
+        "one upload is 5%%); the frames it lacks come from the held-out frames, which keep "
+        "half of theirs (0: an equal share)",
+    )
     policy = parser.add_argument_group(
         "hard-case policy",
         "on the video's clock; the defaults compress time: the bundled clip is 24 s long, "
@@ -208,6 +218,7 @@ def _run(args: argparse.Namespace) -> int:
         place_change=args.place_change,
         warm_worker=args.warm_worker,
         cold_start_share=args.cold_start_share,
+        final_frames=args.final_frames,
         max_persons=args.max_persons,
         seed=args.seed,
         model_dir=args.model_dir,

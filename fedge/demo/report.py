@@ -112,6 +112,17 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _site_upload(line: dict[str, Any], site: str) -> str:
+    """``site-0 5.0%``, with the site's frames and hard-case rate where the round has them
+    (a hard frame the rate limit or a look-alike held back is hard and not sent)."""
+    text = f"{site} {_pct(line['upload_share_per_site'][site])}"
+    frames = line.get("frames_per_site", {}).get(site)
+    hard = line.get("hard_case_rate_per_site", {}).get(site)
+    if frames is not None and hard is not None:
+        text += f" of {frames} frames (hard {_pct(hard)})"
+    return text
+
+
 def _per_frame(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
@@ -217,7 +228,7 @@ def _markdown(result: DemoResult, options: DemoOptions) -> str:
         f"{_pct(first['hard_case_rate'])} → {_pct(last['hard_case_rate'])} "
         f"({'fell' if last['hard_case_rate'] < first['hard_case_rate'] else 'did NOT fall'})",
         "- uploads in the last round per site: "
-        + ", ".join(f"{s} {_pct(v)}" for s, v in last["upload_share_per_site"].items())
+        + ", ".join(_site_upload(last, s) for s in last["upload_share_per_site"])
         + (
             " (all at most 5%)"
             if max(last["upload_share_per_site"].values()) <= 0.05

@@ -95,6 +95,7 @@ class DemoOptions:
     lr_decay: float = 0.5
     held_out_share: float = 0.2
     cold_start_share: float = 0.4
+    final_frames: int = 20
     hard_per_minute: float = 60.0
     cold_start_per_minute: float = 600.0
     dedup_window_s: float = 300.0
@@ -280,6 +281,10 @@ def _round_line(
             "per_site": {n: s.persons_per_frame for n, s in zip(names, scores, strict=True)},
         },
         "hard_case_rate": sum(r.hard_frames for r in reports) / max(1, frames),
+        "hard_case_rate_per_site": {
+            n: r.hard_frames / max(1, r.frames) for n, r in zip(names, reports, strict=True)
+        },
+        "frames_per_site": {n: r.frames for n, r in zip(names, reports, strict=True)},
         "upload_share": sum(r.sent for r in reports) / max(1, frames),
         "upload_share_per_site": {
             n: r.sent / max(1, r.frames) for n, r in zip(names, reports, strict=True)
@@ -364,7 +369,12 @@ def run_demo(options: DemoOptions, progress: Progress | None = None) -> DemoResu
     say("reading the source", 0.0)
     paths, fps = read_source(options, out / "frames")
     plan = plan_sites(
-        len(paths), options.sites, options.rounds, options.held_out_share, options.cold_start_share
+        len(paths),
+        options.sites,
+        options.rounds,
+        options.held_out_share,
+        options.cold_start_share,
+        options.final_frames,
     )
     (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=1))
     epoch = time.time()
