@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import re
+import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -154,14 +155,24 @@ def main(argv: list[str] | None = None) -> int:
         "sent in the last round out of its stretch, all rounds' bytes sent against sending "
         "every frame, and the demo's minutes. Regenerate: `python "
         "benchmarks/demo_runs_table.py "
-        + " ".join(f"--run {spec.split('=')[0]}=DIR" for spec in args.run)
-        + f" --name {args.name}` over the runs' --out-dir folders."
+        + " ".join(f"--run {shlex.quote(_relative_spec(spec))}" for spec in args.run)
+        + f" --name {args.name}` (the title and this note as --title and --note) over the "
+        "runs' --out-dir folders."
     )
     _, md_path = write_table(lines, COLUMNS, args.out_dir, args.name, args.title, header)
     from rich.console import Console
 
     Console().print(md_path.read_text(encoding="utf-8"))
     return 0
+
+
+def _relative_spec(spec: str) -> str:
+    """``SETTING:SEED=DIR`` with DIR relative to the repository where it lies inside it."""
+    label, _, folder = spec.partition("=")
+    path = Path(folder).resolve()
+    if path.is_relative_to(REPO):
+        folder = str(path.relative_to(REPO))
+    return f"{label}={folder}"
 
 
 if __name__ == "__main__":

@@ -301,6 +301,11 @@ def _demo() -> str:
                 "(AVX-512)",
             ),
             _demo_run(
+                "demo_clip_zen4_final",
+                "on the bundled clip, defaults of 77b55ef (a 20-frame last stretch, 10 "
+                "held-out frames), on a 2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
+            _demo_run(
                 "demo_vtest_zen4_light",
                 "on the whole vtest.avi, defaults of ae952e9 (the ClientApp without "
                 "TensorFlow), on a 2-core AMD EPYC Zen 4 (AVX-512)",
