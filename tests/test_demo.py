@@ -124,6 +124,15 @@ def test_more_sites_than_the_source_allows_is_refused(tmp_path: Path) -> None:
     assert processes_mentioning(out) == []
 
 
+def test_a_negative_final_stretch_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _demo("--final-frames", "-1", "--out", str(out))
+    assert done.returncode == 2
+    assert "--final-frames must be 0 or more" in _one_line_error(done.stderr)
+    assert not (out / "logs").exists()  # no process was started
+    assert processes_mentioning(out) == []
+
+
 def test_a_cyclic_schedule_with_a_warm_start_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = _demo("--schedule", "cyclic", "--warm-start", "--out", str(out))
