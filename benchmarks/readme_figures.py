@@ -311,6 +311,11 @@ def _demo() -> str:
                 "TensorFlow), on a 2-core AMD EPYC Zen 4 (AVX-512)",
             ),
             _demo_run(
+                "demo_vtest_zen4_final",
+                "on the whole vtest.avi, defaults of 77b55ef (a 20-frame last stretch), on a "
+                "2-core AMD EPYC Zen 4 (AVX-512)",
+            ),
+            _demo_run(
                 "demo_clip_zen4_shown",
                 "on the bundled clip, defaults with only the objects a case shows asked about "
                 "and crops for the least sure first, on a 2-core AMD EPYC Zen 4 (AVX-512)",
