@@ -48,7 +48,7 @@ from fedge.demo.evaluation import (
     score_detect,
     score_installed,
 )
-from fedge.demo.plan import DemoPlan, plan_sites
+from fedge.demo.plan import FINAL_STRETCH, DemoPlan, plan_sites
 from fedge.demo.processes import ProcessGroup
 from fedge.demo.services import DemoFederation, check_cloud, start_cloud
 from fedge.demo.site_agent import SiteAgent, StageReport
@@ -95,7 +95,7 @@ class DemoOptions:
     lr_decay: float = 0.5
     held_out_share: float = 0.2
     cold_start_share: float = 0.4
-    final_frames: int = 20
+    final_frames: int = FINAL_STRETCH
     hard_per_minute: float = 60.0
     cold_start_per_minute: float = 600.0
     dedup_window_s: float = 300.0
